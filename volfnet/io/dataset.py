@@ -1,0 +1,191 @@
+"""The nnU-Net v2 raw dataset layout, read as is.
+
+``DatasetXXX_Name/dataset.json`` names the channels, labels and file ending;
+``imagesTr/{case}_{CCCC}{ending}`` holds one file per channel, ``labelsTr/{case}{ending}`` the
+label map, and ``imagesTs/`` (optional) unlabelled test images in the same naming.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from volfnet.errors import VolfnetError
+from volfnet.io.files import read_json
+from volfnet.io.image_io import SUPPORTED_ENDINGS
+
+DATASET_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+
+
+@dataclass
+class CaseFiles:
+    """The files of one case: one image per channel and, for training cases, a label map."""
+
+    case_id: str
+    images: list[Path]
+    label: Path | None = None
+
+
+@dataclass
+class DatasetJson:
+    """The parts of ``dataset.json`` volfnet uses, validated."""
+
+    channel_names: dict[int, str]
+    labels: dict[str, int]
+    num_training: int
+    file_ending: str
+    name: str = ""
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(self.labels.values())
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return [v for v in self.label_values if v > 0]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of network outputs: background plus every foreground label."""
+        return max(self.label_values) + 1
+
+    @classmethod
+    def load(cls, path: Path) -> DatasetJson:
+        data = read_json(path)
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> DatasetJson:
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if "channel_names" in missing and "modality" in data:
+            missing.remove("channel_names")
+            data = {**data, "channel_names": data["modality"]}
+        if missing:
+            raise VolfnetError(f"{source}: missing required key(s) {missing}")
+        try:
+            channels = {int(k): str(v) for k, v in data["channel_names"].items()}
+        except (AttributeError, ValueError) as exc:
+            raise VolfnetError(f"{source}: channel_names must map channel indices to names") from exc
+        if sorted(channels) != list(range(len(channels))) or not channels:
+            raise VolfnetError(f"{source}: channel_names keys must be 0..N-1, got {sorted(channels)}")
+        labels = {}
+        for name, value in dict(data["labels"]).items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise VolfnetError(
+                    f"{source}: label {name!r} has value {value!r}; volfnet supports integer labels only"
+                )
+            labels[str(name)] = value
+        values = sorted(labels.values())
+        if not values or values[0] != 0:
+            raise VolfnetError(f"{source}: labels must include background with value 0")
+        if values != list(range(len(values))):
+            raise VolfnetError(f"{source}: label values must be consecutive integers 0..N-1, got {values}")
+        ending = str(data["file_ending"])
+        if ending not in SUPPORTED_ENDINGS:
+            raise VolfnetError(f"{source}: file_ending {ending!r} is not supported; use one of {SUPPORTED_ENDINGS}")
+        return cls(
+            channel_names=channels,
+            labels=labels,
+            num_training=int(data["numTraining"]),
+            file_ending=ending,
+            name=str(data.get("name", "")),
+            raw=dict(data),
+        )
+
+
+def find_dataset_folder(identifier: str | int, root: Path) -> Path:
+    """Find ``DatasetXXX_Name`` under ``root`` from an id (``4``, ``"004"``) or a full name."""
+    text = str(identifier).strip()
+    if not root.is_dir():
+        raise VolfnetError(f"dataset root {root} does not exist")
+    if text.isdigit():
+        wanted = int(text)
+        matches = [p for p in root.iterdir() if p.is_dir() and (m := DATASET_FOLDER_PATTERN.match(p.name)) and int(m.group(1)) == wanted]
+        if not matches:
+            available = sorted(p.name for p in root.iterdir() if DATASET_FOLDER_PATTERN.match(p.name))
+            raise VolfnetError(f"no dataset with id {wanted} in {root} (found: {available or 'none'})")
+        if len(matches) > 1:
+            raise VolfnetError(f"dataset id {wanted} is ambiguous in {root}: {sorted(p.name for p in matches)}")
+        return matches[0]
+    candidate = root / text
+    if not candidate.is_dir():
+        raise VolfnetError(f"no dataset named {text!r} in {root}")
+    return candidate
+
+
+def dataset_id_and_name(folder_name: str) -> tuple[int, str]:
+    match = DATASET_FOLDER_PATTERN.match(folder_name)
+    if not match:
+        raise VolfnetError(f"{folder_name!r} is not a dataset folder name (expected DatasetXXX_Name)")
+    return int(match.group(1)), match.group(2)
+
+
+def list_cases(images_dir: Path, ending: str, num_channels: int, labels_dir: Path | None = None) -> tuple[list[CaseFiles], list[str]]:
+    """Group ``images_dir`` files into cases by the ``{case}_{CCCC}{ending}`` naming.
+
+    Returns the cases and a list of problems (wrong names, missing channels, missing labels),
+    so callers can report every problem at once.
+    """
+    problems: list[str] = []
+    channel_files: dict[str, dict[int, Path]] = {}
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    for path in sorted(images_dir.iterdir()) if images_dir.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        match = pattern.match(path.name)
+        if not match:
+            problems.append(f"{path}: name does not follow {{case}}_{{CCCC}}{ending}")
+            continue
+        channel_files.setdefault(match.group(1), {})[int(match.group(2))] = path
+    cases = []
+    for case_id, files in sorted(channel_files.items()):
+        missing = [c for c in range(num_channels) if c not in files]
+        extra = [c for c in files if c >= num_channels]
+        if missing:
+            problems.append(f"{images_dir / case_id}: missing channel(s) {[f'{c:04d}' for c in missing]}")
+        if extra:
+            problems.append(f"{images_dir / case_id}: unexpected channel(s) {[f'{c:04d}' for c in extra]} (dataset.json has {num_channels})")
+        label = None
+        if labels_dir is not None:
+            label = labels_dir / f"{case_id}{ending}"
+            if not label.is_file():
+                problems.append(f"{label}: label file missing for case {case_id}")
+        if not missing:
+            cases.append(CaseFiles(case_id, [files[c] for c in range(num_channels)], label))
+    return cases, problems
+
+
+@dataclass
+class RawDataset:
+    """A raw dataset folder with its dataset.json and case lists."""
+
+    folder: Path
+    dataset_json: DatasetJson
+
+    @classmethod
+    def open(cls, identifier: str | int, root: Path) -> RawDataset:
+        folder = find_dataset_folder(identifier, root)
+        return cls(folder, DatasetJson.load(folder / "dataset.json"))
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def training_cases(self) -> tuple[list[CaseFiles], list[str]]:
+        images = self.folder / "imagesTr"
+        if not images.is_dir():
+            return [], [f"{images}: folder missing"]
+        return list_cases(images, self.dataset_json.file_ending, self.dataset_json.num_channels, self.folder / "labelsTr")
+
+    def test_cases(self) -> tuple[list[CaseFiles], list[str]]:
+        images = self.folder / "imagesTs"
+        if not images.is_dir():
+            return [], []
+        return list_cases(images, self.dataset_json.file_ending, self.dataset_json.num_channels)
