@@ -33,6 +33,7 @@ setup(
             "volfnet_plan_and_preprocess=volfnet.cli.plan_and_preprocess:main",
             "volfnet_convert_msd=volfnet.cli.convert_msd:main",
             "volfnet_demo=volfnet.cli.demo:main",
+            "volfnet_evaluate=volfnet.cli.evaluate:main",
         ]
     },
 )

@@ -17,5 +17,10 @@ class DataIntegrityError(VolfnetError):
 
     def __init__(self, problems: list[str], header: str = "dataset integrity check failed") -> None:
         self.problems = list(problems)
+        self.header = header
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{header} ({len(self.problems)} problem(s)):\n{lines}")
+
+    def __reduce__(self):
+        # Keep problems and header when the error crosses a process boundary.
+        return (type(self), (self.problems, self.header))

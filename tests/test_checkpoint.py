@@ -1,0 +1,74 @@
+"""The checkpoint format: safe loading, atomic saving, spec round trip, clear errors."""
+
+import collections
+
+import pytest
+import torch
+
+from volfnet.checkpoint import CheckpointSpec, checkpoint_spec, load_checkpoint, save_checkpoint
+from volfnet.errors import VolfnetError
+from volfnet.plans import ChannelNormalization, NetworkTopology
+
+
+class ForeignObject:
+    """A class that weights_only loading must refuse."""
+
+
+def make_spec() -> CheckpointSpec:
+    topology = NetworkTopology("fmunet", [8, 16, 32], [[2, 2, 2], [2, 2, 2]], [[3, 3, 3]] * 3, [0.0, 0.0, 0.2])
+    return CheckpointSpec("segmentation", topology, 1, 3, [32, 32, 32], [1.0, 1.0, 1.0], [ChannelNormalization("zscore")], labels={"background": 0, "a": 1, "b": 2})
+
+
+def test_round_trip_with_spec_and_optimizer_state(tmp_path):
+    model = torch.nn.Conv3d(1, 2, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 1, 4, 4, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "checkpoint_final.pt"
+    save_checkpoint(path, {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict(), "iteration": 7, "spec": make_spec().to_dict(), "logs": {"loss": [1.0, 0.5]}})
+    loaded = load_checkpoint(path)
+    assert loaded["iteration"] == 7 and loaded["logs"]["loss"] == [1.0, 0.5]
+    assert torch.equal(loaded["model_state_dict"]["weight"], model.weight)
+    assert checkpoint_spec(loaded) == make_spec()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pymic_layout_and_bare_state_dict_load(tmp_path):
+    state = collections.OrderedDict(weight=torch.zeros(2, 1, 3, 3, 3))
+    torch.save({"iteration": 100, "model_state_dict": state, "optimizer_state_dict": {}}, tmp_path / "pymic.pt")
+    assert checkpoint_spec(load_checkpoint(tmp_path / "pymic.pt")) is None
+    torch.save(state, tmp_path / "bare.pt")
+    assert set(load_checkpoint(tmp_path / "bare.pt")["model_state_dict"]) == {"weight"}
+
+
+def test_corrupt_and_foreign_files_are_named(tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    save_checkpoint(truncated, {"model_state_dict": {"w": torch.ones(100)}})
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    with pytest.raises(VolfnetError, match="truncated.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(truncated)
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model_state_dict": {}, "object": ForeignObject()}, foreign)
+    with pytest.raises(VolfnetError, match="foreign.pt: refused to load"):
+        load_checkpoint(foreign)
+    with pytest.raises(VolfnetError, match="missing.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "other.pt")
+    with pytest.raises(VolfnetError, match="no 'model_state_dict'"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_latest.pt"
+    save_checkpoint(path, {"model_state_dict": {"w": torch.ones(3)}, "iteration": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(VolfnetError, match="No space left on device; the previous checkpoint"):
+        save_checkpoint(path, {"model_state_dict": {"w": torch.zeros(3)}, "iteration": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,113 @@
+"""Run one function per item (usually per case) in worker processes, with a progress bar.
+
+Used by every per-case stage (integrity check, MSD conversion, fingerprint, preprocessing,
+evaluation), so they share one behaviour:
+
+- Results come back in input order.
+- Workers are *spawned*, not forked: forking a parent that already runs threads (torch,
+  SimpleITK) can deadlock the child. Functions must be module-level (``functools.partial``
+  of one is fine) and arguments picklable.
+- A worker's exception comes back as itself, with a note naming the item, never as a bare
+  "worker died". Only a worker killed from outside (usually for lack of memory) becomes a
+  :class:`VolfnetError` that says so and suggests fewer workers.
+- With ``collect_user_errors`` every item's :class:`VolfnetError` is gathered and raised
+  together as one :class:`DataIntegrityError`, so a user fixes all bad files in one pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+from tqdm import tqdm
+
+from volfnet.errors import DataIntegrityError, VolfnetError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Per-case work is file reading plus one core of numpy/scipy; past eight processes the disk
+# is the bottleneck while memory (one case per worker) keeps growing.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def _item_name(item: Any) -> str:
+    name = getattr(item, "case_id", None)
+    if name is None and isinstance(item, tuple) and item:
+        name = getattr(item[0], "case_id", None)
+    return str(name) if name is not None else repr(item)[:80]
+
+
+def _call_with_args(function: Callable[..., R], args: tuple) -> R:
+    return function(*args)
+
+
+def starmap_function(function: Callable[..., R]) -> Callable[[tuple], R]:
+    """Wrap ``function`` so that :func:`parallel_map` can pass it argument tuples."""
+    return functools.partial(_call_with_args, function)
+
+
+def parallel_map(
+    function: Callable[[T], R],
+    items: Iterable[T],
+    num_workers: int = 1,
+    desc: str | None = None,
+    collect_user_errors: bool = False,
+    progress: bool = True,
+) -> list[R]:
+    """``[function(item) for item in items]`` over ``num_workers`` spawned processes."""
+    items = list(items)
+    if num_workers < 1:
+        raise VolfnetError(f"the number of worker processes must be at least 1, got {num_workers}")
+    results: list[Any] = [None] * len(items)
+    problems: list[str] = []
+
+    def settle(index: int, get: Callable[[], Any]) -> None:
+        try:
+            results[index] = get()
+        except BrokenProcessPool as exc:
+            raise VolfnetError(
+                f"a worker process died abruptly while working on {_item_name(items[index])} "
+                f"(usually: killed for lack of memory); rerun with fewer workers than {num_workers}"
+            ) from exc
+        except VolfnetError as exc:
+            if not collect_user_errors:
+                raise
+            problems.append(str(exc))
+        except Exception as exc:
+            exc.add_note(f"(raised while working on {_item_name(items[index])})")
+            raise
+
+    with tqdm(total=len(items), desc=desc, unit="case", disable=not progress or None) as bar:
+        if num_workers == 1 or len(items) < 2:
+            for index, item in enumerate(items):
+                settle(index, functools.partial(function, item))
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(num_workers, len(items)), mp_context=context) as pool:
+                futures = {pool.submit(function, item): index for index, item in enumerate(items)}
+                try:
+                    for future in as_completed(futures):
+                        settle(futures[future], future.result)
+                        bar.update()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    if problems:
+        raise DataIntegrityError(sorted(problems), header=f"{desc or 'processing'} failed")
+    return results
+
+
+def parallel_starmap(function: Callable[..., R], tasks: Sequence[tuple], num_workers: int = 1, desc: str | None = None, collect_user_errors: bool = False) -> list[R]:
+    """:func:`parallel_map` for functions taking several arguments, one tuple per call."""
+    return parallel_map(starmap_function(function), tasks, num_workers, desc, collect_user_errors)

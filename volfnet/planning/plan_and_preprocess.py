@@ -1,0 +1,146 @@
+"""The ``volfnet_plan_and_preprocess`` pipeline as a library call: integrity check →
+fingerprint → plans → npy caches, each stage writing an inspectable artifact.
+
+Layout written under ``VOLFNET_preprocessed/<DatasetXXX_Name>/``: ``dataset.json``,
+``fingerprint.json``, ``plans.json`` and one folder per configuration holding the cases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from volfnet import paths
+from volfnet.errors import DataIntegrityError, VolfnetError
+from volfnet.io.dataset import RawDataset
+from volfnet.io.files import atomic_write_json, read_json
+from volfnet.io.integrity import check_dataset_integrity
+from volfnet.plans import Plans, apply_override
+from volfnet.planning.fingerprint import Fingerprint, extract_fingerprint
+from volfnet.planning.planner import Planner, PlannerOptions
+from volfnet.preprocessing.preprocessor import PreprocessSummary, preprocess_cases, select_part
+
+logger = logging.getLogger(__name__)
+
+CONFIGURATION_STAMP = "configuration.json"  # the configuration a cache folder was made with
+
+
+@dataclass
+class PlanAndPreprocessRequest:
+    dataset: str
+    options: PlannerOptions = field(default_factory=PlannerOptions)
+    configurations: list[str] | None = None  # None: every planned configuration
+    overrides: list[str] = field(default_factory=list)
+    num_workers: int = 2
+    verify_integrity: bool = True
+    clean: bool = False
+    plan_only: bool = False
+    preprocess_only: bool = False
+    part: int = 0
+    num_parts: int = 1
+    progress: bool = True
+
+
+@dataclass
+class PlanAndPreprocessResult:
+    output_folder: Path
+    plans: Plans
+    summaries: list[PreprocessSummary]
+    seconds: float
+
+
+def dataset_output_folder(raw: RawDataset) -> Path:
+    return paths.preprocessed_root() / raw.name
+
+
+def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Path) -> Plans:
+    """Fingerprint (reused unless ``clean``) and plan; save ``plans.json``."""
+    cases, problems = raw.training_cases()
+    if problems:
+        raise DataIntegrityError(problems, header=f"{raw.folder}: cannot read the dataset layout")
+    fingerprint_path = output / "fingerprint.json"
+    if fingerprint_path.is_file() and not request.clean:
+        fingerprint = Fingerprint.load(fingerprint_path)
+        if sorted(fingerprint.case_ids) != sorted(c.case_id for c in cases):
+            logger.info("the training cases changed since %s was written; fingerprinting again", fingerprint_path)
+            fingerprint = None
+    else:
+        fingerprint = None
+    if fingerprint is None:
+        fingerprint = extract_fingerprint(cases, raw.dataset_json.channel_names, request.num_workers, request.progress)
+        fingerprint.save(fingerprint_path)
+    plans = Planner(fingerprint, raw.dataset_json, raw.name, request.options).plan()
+    for assignment in request.overrides:
+        plans = apply_override(plans, assignment)
+    plans_path = output / "plans.json"
+    if plans_path.is_file():
+        previous = read_json(plans_path)
+        if previous != plans.to_dict():
+            backup = output / "plans.previous.json"
+            shutil.copyfile(plans_path, backup)
+            logger.info("plans changed; the previous plans are kept in %s", backup)
+    plans.save(plans_path)
+    return plans
+
+
+def _preprocessing_stamp(plans: Plans, configuration: str) -> dict:
+    """The fields that decide a cache's content: when they change, the cache is rebuilt."""
+    config = plans.configuration(configuration)
+    return {
+        "transpose_forward": plans.transpose_forward,
+        "spacing": config.spacing,
+        "normalization": [dataclasses.asdict(n) for n in config.normalization],
+        "resampling": dataclasses.asdict(config.resampling),
+    }
+
+
+def preprocess_dataset(raw: RawDataset, plans: Plans, request: PlanAndPreprocessRequest, output: Path) -> list[PreprocessSummary]:
+    cases, _ = raw.training_cases()
+    cases = select_part(cases, request.part, request.num_parts)
+    names = request.configurations or list(plans.configurations)
+    summaries = []
+    for name in names:
+        plans.configuration(name)
+        folder = output / plans.configuration(name).data_identifier
+        stamp_path = folder / CONFIGURATION_STAMP
+        stamp = _preprocessing_stamp(plans, name)
+        overwrite = request.clean
+        if stamp_path.is_file() and read_json(stamp_path) != stamp:
+            logger.info("%s: the plans changed since the cache was made; preprocessing every case again", name)
+            overwrite = True
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stamp_path, stamp)
+        summaries.append(
+            preprocess_cases(
+                cases, plans, name, folder, raw.dataset_json.foreground_labels, request.num_workers, overwrite, request.progress
+            )
+        )
+    return summaries
+
+
+def plan_and_preprocess(request: PlanAndPreprocessRequest) -> PlanAndPreprocessResult:
+    """Run the whole stage for one dataset and return what was written."""
+    start = time.perf_counter()
+    raw = RawDataset.open(request.dataset, paths.raw_root())
+    if request.verify_integrity and not request.preprocess_only:
+        report = check_dataset_integrity(raw, num_workers=request.num_workers)
+        logger.info("integrity check passed: %s", report)
+    output = paths.ensure_writable_dir(dataset_output_folder(raw), "preprocessed")
+    atomic_write_json(output / "dataset.json", raw.dataset_json.raw)
+    if request.preprocess_only:
+        plans_path = output / "plans.json"
+        if not plans_path.is_file():
+            raise VolfnetError(f"{plans_path}: no plans yet; run without --preprocess-only first")
+        plans = Plans.load(plans_path)
+        for assignment in request.overrides:
+            plans = apply_override(plans, assignment)
+        if request.overrides:
+            plans.save(plans_path)
+    else:
+        plans = plan_dataset(raw, request, output)
+    summaries = [] if request.plan_only else preprocess_dataset(raw, plans, request, output)
+    return PlanAndPreprocessResult(output, plans, summaries, time.perf_counter() - start)
