@@ -167,3 +167,12 @@ def test_cli_error_exit_code_and_message(roots, capsys):
     code = plan_and_preprocess_main(["-d", "11", "--target", "cpu", "--patch-size", "15", "24", "24"])
     assert code == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_fingerprint_from_the_integrity_pass_equals_a_separate_read(roots):
+    make_raw_dataset(roots["raw"], dataset_id=12, num_cases=3, channel_names=("CT", "MR"))
+    path = roots["preprocessed"] / "Dataset012_Toy" / "fingerprint.json"
+    run("12", plan_only=True)  # fingerprint computed while checking integrity
+    combined = json.loads(path.read_text())
+    run("12", plan_only=True, verify_integrity=False, clean=True)  # fingerprint from its own read
+    assert json.loads(path.read_text()) == combined

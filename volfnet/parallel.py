@@ -4,9 +4,13 @@ Used by every per-case stage (integrity check, MSD conversion, fingerprint, prep
 evaluation), so they share one behaviour:
 
 - Results come back in input order.
-- Workers are *spawned*, not forked: forking a parent that already runs threads (torch,
-  SimpleITK) can deadlock the child. Functions must be module-level (``functools.partial``
-  of one is fine) and arguments picklable.
+- Workers come from a *fork server*: a clean process, started once per run, that imports
+  the program once and forks a worker per pool slot. Forking the parent itself could
+  deadlock a child (the parent runs threads: torch, SimpleITK), and spawning re-imports
+  torch and volfnet in every worker, which costs seconds per pool. Functions must be
+  module-level (``functools.partial`` of one is fine) and arguments picklable.
+- Pools are kept for the life of the process and reused by later stages (integrity check,
+  fingerprint and preprocessing run back to back), so workers start once per run.
 - A worker's exception comes back as itself, with a note naming the item, never as a bare
   "worker died". Only a worker killed from outside (usually for lack of memory) becomes a
   :class:`VolfnetError` that says so and suggests fewer workers.
@@ -16,6 +20,7 @@ evaluation), so they share one behaviour:
 
 from __future__ import annotations
 
+import atexit
 import functools
 import multiprocessing
 import os
@@ -33,6 +38,32 @@ R = TypeVar("R")
 # Per-case work is file reading plus one core of numpy/scipy; past eight processes the disk
 # is the bottleneck while memory (one case per worker) keeps growing.
 MAX_DEFAULT_WORKERS = 8
+WORKER_START_METHOD = "forkserver"  # see the module docstring
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(num_workers: int) -> ProcessPoolExecutor:
+    """A process pool of ``num_workers`` workers, started on first use and then reused."""
+    pool = _POOLS.get(num_workers)
+    if pool is None:
+        pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context(WORKER_START_METHOD))
+        _POOLS[num_workers] = pool
+    return pool
+
+
+def _discard_pool(num_workers: int) -> None:
+    pool = _POOLS.pop(num_workers, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def shutdown_pools() -> None:
+    """Stop every kept pool (also called at interpreter exit)."""
+    for num_workers in list(_POOLS):
+        _discard_pool(num_workers)
 
 
 def default_num_workers() -> int:
@@ -74,6 +105,7 @@ def parallel_map(
         try:
             results[index] = get()
         except BrokenProcessPool as exc:
+            _discard_pool(num_workers)
             raise VolfnetError(
                 f"a worker process died abruptly while working on {_item_name(items[index])} "
                 f"(usually: killed for lack of memory); rerun with fewer workers than {num_workers}"
@@ -92,17 +124,16 @@ def parallel_map(
                 settle(index, functools.partial(function, item))
                 bar.update()
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(num_workers, len(items)), mp_context=context) as pool:
-                futures = {pool.submit(function, item): index for index, item in enumerate(items)}
-                try:
-                    for future in as_completed(futures):
-                        settle(futures[future], future.result)
-                        bar.update()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
+            pool = _pool(num_workers)
+            futures = {pool.submit(function, item): index for index, item in enumerate(items)}
+            try:
+                for future in as_completed(futures):
+                    settle(futures[future], future.result)
+                    bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
     if problems:
         raise DataIntegrityError(sorted(problems), header=f"{desc or 'processing'} failed")
     return results

@@ -34,3 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"next: volfnet_plan_and_preprocess -d {int(target.name[7:10])}")
 
     return run_cli(run, verbose=args.verbose)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

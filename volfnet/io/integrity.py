@@ -27,7 +27,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,8 +50,8 @@ _MAX_BINCOUNT_RANGE = 1 << 16
 #: How many warnings are logged one by one before the rest are summarised.
 _MAX_LOGGED_WARNINGS = 10
 
-T = TypeVar("T")
-R = TypeVar("R")
+#: Called on a valid case's arrays during the check: (case, image, geometry, seg) -> result.
+CaseAnalysis = Callable[[CaseFiles, np.ndarray, ImageGeometry, "np.ndarray | None"], Any]
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,6 +68,7 @@ class CaseCheck:
     label_values: list[int] = field(default_factory=list)
     spacing: list[float] | None = None
     shape: list[int] | None = None
+    analysis: Any = None
 
 
 def _last_line(exc: BaseException) -> str:
@@ -302,14 +303,19 @@ def _label_values(path: Path, array: np.ndarray, problems: list[str]) -> list[in
     return integer_values(array)
 
 
-def check_case(case: CaseFiles, allowed_labels: Sequence[int] | None = None, strict: bool = False) -> CaseCheck:
+def check_case(
+    case: CaseFiles, allowed_labels: Sequence[int] | None = None, strict: bool = False, analyse: CaseAnalysis | None = None
+) -> CaseCheck:
     """Check one case: every file readable, 3D and single-component; channels and label on one
     grid; no NaN/inf in images; label values integer and in ``allowed_labels``.
 
     Each file is read once. Problems are collected, not raised, so the caller can report all
-    cases together.
+    cases together. ``analyse(case, image, geometry, seg)`` runs on a valid case's arrays
+    (image (C, Z, Y, X) float32, seg (1, Z, Y, X) or None) and its small result is kept in
+    ``analysis``: the fingerprint uses it to avoid reading every file a second time.
     """
     result = CaseCheck(case.case_id)
+    arrays: list[np.ndarray] = []
     files = list(case.images) + ([case.label] if case.label is not None else [])
     reference: tuple[Path, ImageGeometry] | None = None
     for index, path in enumerate(files):
@@ -325,6 +331,7 @@ def check_case(case: CaseFiles, allowed_labels: Sequence[int] | None = None, str
             hard, soft = compare_geometry(Path(path), geometry, *reference)
             result.problems.extend(hard)
             (result.problems if strict else result.warnings).extend(soft)
+        arrays.append(array)
         if not is_label:
             non_finite = _non_finite_problem(Path(path), array)
             if non_finite:
@@ -340,6 +347,11 @@ def check_case(case: CaseFiles, allowed_labels: Sequence[int] | None = None, str
                 result.problems.append(
                     f"{path}: label value(s) {unknown} not in dataset.json labels {sorted(allowed_labels)}"
                 )
+    if analyse is not None and not result.problems and reference is not None:
+        num_images = len(case.images)
+        image = np.stack([a.astype(np.float32, copy=False) for a in arrays[:num_images]])
+        seg = arrays[num_images][None] if len(arrays) > num_images else None
+        result.analysis = analyse(case, image, reference[1], seg)
     return result
 
 
@@ -361,6 +373,7 @@ class IntegrityReport:
     shape_min: list[int]
     shape_max: list[int]
     warnings: list[str] = field(default_factory=list)
+    case_analyses: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> str:
         """One line saying what was checked."""
@@ -409,11 +422,15 @@ def _orphan_labels(dataset: RawDataset) -> list[str]:
     return orphans
 
 
-def check_dataset_integrity(dataset: RawDataset, num_workers: int = 1, strict: bool = False) -> IntegrityReport:
+def check_dataset_integrity(
+    dataset: RawDataset, num_workers: int = 1, strict: bool = False, analyse_training: CaseAnalysis | None = None
+) -> IntegrityReport:
     """Check every training and test case of ``dataset``; raise :class:`DataIntegrityError`
     listing all problems at once, or return a report of what was found.
 
     ``strict`` makes origin/direction mismatches errors instead of warnings.
+    ``analyse_training`` runs on each valid training case's arrays (see :func:`check_case`);
+    its results are in ``report.case_analyses`` by case id.
     """
     ds_json = dataset.dataset_json
     training, problems = dataset.training_cases()
@@ -431,7 +448,7 @@ def check_dataset_integrity(dataset: RawDataset, num_workers: int = 1, strict: b
 
     allowed = ds_json.label_values
     checks = parallel_map(
-        functools.partial(check_case, allowed_labels=allowed, strict=strict),
+        functools.partial(check_case, allowed_labels=allowed, strict=strict, analyse=analyse_training),
         [_existing_label(case) for case in training],
         num_workers,
         desc="checking training cases",
@@ -467,6 +484,7 @@ def check_dataset_integrity(dataset: RawDataset, num_workers: int = 1, strict: b
         shape_min=[int(v) for v in shapes.min(axis=0)],
         shape_max=[int(v) for v in shapes.max(axis=0)],
         warnings=warnings,
+        case_analyses={check.case_id: check.analysis for check in checks if check.analysis is not None},
     )
     logger.info("integrity check passed: %s", report.summary())
     return report

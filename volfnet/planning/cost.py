@@ -17,9 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from volfnet.plans import NetworkTopology
 
 BYTES_PER_ACTIVATION_AMP = 4.5  # fp16 convs, fp32 norms, plus transient buffers (see module docstring)
@@ -77,6 +74,11 @@ def measure_cost(topology: NetworkTopology, patch_size: list[int], num_input_cha
 
 
 def _measure(topology: NetworkTopology, patch_size: list[int], num_input_channels: int, num_classes: int) -> NetworkCost:
+    # torch is imported here, not at module level: worker processes import this module's
+    # importers (the CLI) and should not pay seconds for a library they never call.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from volfnet.networks.build import build_network_from_topology
 
     with torch.device("meta"):

@@ -17,6 +17,7 @@ import numpy as np
 
 from volfnet.errors import VolfnetError
 from volfnet.io.dataset import CaseFiles
+from volfnet.io.image_io import ImageGeometry
 from volfnet.io.files import atomic_write_json, read_json
 from volfnet.parallel import parallel_map
 from volfnet.preprocessing.cropping import crop_to_nonzero
@@ -79,11 +80,16 @@ class Fingerprint:
         return cls(**data)
 
 
-def fingerprint_case(case: CaseFiles, samples_per_case: int) -> tuple[str, list[float], list[int], float, list[np.ndarray]]:
-    """Spacing, cropped shape, crop ratio and foreground intensity samples of one case."""
-    image, geometry, seg = read_raw_case(case)
-    if not np.all(np.isfinite(image)):
-        raise VolfnetError(f"{case.images[0]}: image contains NaN or infinite values")
+CaseFingerprint = tuple[str, list[float], list[int], float, list[np.ndarray]]
+
+
+def samples_per_case(num_cases: int) -> int:
+    return max(MIN_SAMPLES_PER_CASE, TOTAL_INTENSITY_SAMPLES // max(num_cases, 1))
+
+
+def fingerprint_arrays(case: CaseFiles, image: np.ndarray, geometry: ImageGeometry, seg: np.ndarray | None, num_samples: int) -> CaseFingerprint:
+    """Spacing, cropped shape, crop ratio and foreground intensity samples of one case held
+    in memory (image (C, Z, Y, X), seg (1, Z, Y, X) or None)."""
     cropped, cropped_seg, _ = crop_to_nonzero(image, seg)
     ratio = float(np.prod(cropped.shape[1:]) / np.prod(image.shape[1:]))
     foreground = cropped_seg[0] > 0
@@ -92,19 +98,32 @@ def fingerprint_case(case: CaseFiles, samples_per_case: int) -> tuple[str, list[
     for channel in cropped:
         values = channel[foreground]
         if values.size:
-            values = rng.choice(values, size=samples_per_case, replace=True)
+            values = rng.choice(values, size=num_samples, replace=True)
         samples.append(values.astype(np.float32))
     return case.case_id, geometry.spacing, list(cropped.shape[1:]), ratio, samples
+
+
+def fingerprint_case(case: CaseFiles, num_samples: int) -> CaseFingerprint:
+    """Read one case and fingerprint it."""
+    image, geometry, seg = read_raw_case(case)
+    if not np.all(np.isfinite(image)):
+        raise VolfnetError(f"{case.images[0]}: image contains NaN or infinite values")
+    return fingerprint_arrays(case, image, geometry, seg, num_samples)
 
 
 def extract_fingerprint(cases: list[CaseFiles], channel_names: dict[int, str], num_workers: int = 1, progress: bool = True) -> Fingerprint:
     """Fingerprint the training cases (in parallel; a worker's error names its case)."""
     if not cases:
         raise VolfnetError("cannot fingerprint a dataset without training cases")
-    samples_per_case = max(MIN_SAMPLES_PER_CASE, TOTAL_INTENSITY_SAMPLES // len(cases))
     start = time.perf_counter()
-    work = functools.partial(fingerprint_case, samples_per_case=samples_per_case)
+    work = functools.partial(fingerprint_case, num_samples=samples_per_case(len(cases)))
     results = parallel_map(work, cases, num_workers, desc="fingerprint", progress=progress)
+    logger.info("fingerprinted %d cases in %.1f s", len(cases), time.perf_counter() - start)
+    return assemble_fingerprint(results, channel_names)
+
+
+def assemble_fingerprint(results: list[CaseFingerprint], channel_names: dict[int, str]) -> Fingerprint:
+    """Pool the per-case results into the dataset fingerprint."""
     num_channels = len(channel_names)
     per_channel = []
     total = 0
@@ -114,7 +133,6 @@ def extract_fingerprint(cases: list[CaseFiles], channel_names: dict[int, str], n
         per_channel.append(IntensityStatistics.of(pooled))
     if total == 0:
         logger.warning("no foreground voxels in any label map: CT normalisation statistics are placeholders")
-    logger.info("fingerprinted %d cases in %.1f s", len(cases), time.perf_counter() - start)
     return Fingerprint(
         case_ids=[r[0] for r in results],
         spacings=[list(r[1]) for r in results],

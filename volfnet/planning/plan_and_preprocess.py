@@ -8,6 +8,7 @@ Layout written under ``VOLFNET_preprocessed/<DatasetXXX_Name>/``: ``dataset.json
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from volfnet.io.dataset import RawDataset
 from volfnet.io.files import atomic_write_json, read_json
 from volfnet.io.integrity import check_dataset_integrity
 from volfnet.plans import Plans, apply_override
-from volfnet.planning.fingerprint import Fingerprint, extract_fingerprint
+from volfnet.planning.fingerprint import Fingerprint, assemble_fingerprint, extract_fingerprint, fingerprint_arrays, samples_per_case
 from volfnet.planning.planner import Planner, PlannerOptions
 from volfnet.preprocessing.preprocessor import PreprocessSummary, preprocess_cases, select_part
 
@@ -57,8 +58,9 @@ def dataset_output_folder(raw: RawDataset) -> Path:
     return paths.preprocessed_root() / raw.name
 
 
-def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Path) -> Plans:
-    """Fingerprint (reused unless ``clean``) and plan; save ``plans.json``."""
+def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Path, checked: dict | None = None) -> Plans:
+    """Fingerprint (reused unless ``clean``) and plan; save ``plans.json``. ``checked`` holds
+    per-case fingerprints computed during the integrity check, so files are not read twice."""
     cases, problems = raw.training_cases()
     if problems:
         raise DataIntegrityError(problems, header=f"{raw.folder}: cannot read the dataset layout")
@@ -71,7 +73,10 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
     else:
         fingerprint = None
     if fingerprint is None:
-        fingerprint = extract_fingerprint(cases, raw.dataset_json.channel_names, request.num_workers, request.progress)
+        if checked and all(c.case_id in checked for c in cases):
+            fingerprint = assemble_fingerprint([checked[c.case_id] for c in cases], raw.dataset_json.channel_names)
+        else:
+            fingerprint = extract_fingerprint(cases, raw.dataset_json.channel_names, request.num_workers, request.progress)
         fingerprint.save(fingerprint_path)
     plans = Planner(fingerprint, raw.dataset_json, raw.name, request.options).plan()
     for assignment in request.overrides:
@@ -126,9 +131,13 @@ def plan_and_preprocess(request: PlanAndPreprocessRequest) -> PlanAndPreprocessR
     """Run the whole stage for one dataset and return what was written."""
     start = time.perf_counter()
     raw = RawDataset.open(request.dataset, paths.raw_root())
+    checked = None
     if request.verify_integrity and not request.preprocess_only:
-        report = check_dataset_integrity(raw, num_workers=request.num_workers)
-        logger.info("integrity check passed: %s", report)
+        analyse = None
+        if request.clean or not (dataset_output_folder(raw) / "fingerprint.json").is_file():
+            cases, _ = raw.training_cases()
+            analyse = functools.partial(fingerprint_arrays, num_samples=samples_per_case(len(cases)))
+        checked = check_dataset_integrity(raw, num_workers=request.num_workers, analyse_training=analyse).case_analyses
     output = paths.ensure_writable_dir(dataset_output_folder(raw), "preprocessed")
     atomic_write_json(output / "dataset.json", raw.dataset_json.raw)
     if request.preprocess_only:
@@ -141,6 +150,6 @@ def plan_and_preprocess(request: PlanAndPreprocessRequest) -> PlanAndPreprocessR
         if request.overrides:
             plans.save(plans_path)
     else:
-        plans = plan_dataset(raw, request, output)
+        plans = plan_dataset(raw, request, output, checked)
     summaries = [] if request.plan_only else preprocess_dataset(raw, plans, request, output)
     return PlanAndPreprocessResult(output, plans, summaries, time.perf_counter() - start)

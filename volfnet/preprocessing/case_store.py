@@ -95,7 +95,8 @@ def save_case(folder: Path, image: np.ndarray, seg: np.ndarray | None, propertie
     atomic_save_npy(image_path, image.astype(np.float32, copy=False))
     if seg is not None:
         atomic_save_npy(seg_path, seg)
-    atomic_write_json(json_path, properties.to_dict())
+    # Compact: class locations hold up to 10 000 coordinates per label.
+    atomic_write_json(json_path, properties.to_dict(), indent=None)
 
 
 def load_properties(folder: Path, case_id: str) -> CaseProperties:
