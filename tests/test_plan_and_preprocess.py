@@ -176,3 +176,23 @@ def test_fingerprint_from_the_integrity_pass_equals_a_separate_read(roots):
     combined = json.loads(path.read_text())
     run("12", plan_only=True, verify_integrity=False, clean=True)  # fingerprint from its own read
     assert json.loads(path.read_text()) == combined
+
+
+def test_single_image_without_label_uses_the_same_code_path(roots):
+    """Inference preprocesses one image with no label exactly as training cases were."""
+    from volfnet.preprocessing.preprocessor import preprocess_array
+
+    folder = make_raw_dataset(roots["raw"], dataset_id=13, num_cases=3)
+    result = run("13")
+    image, geometry = read_case([folder / "imagesTr" / "case_002_0000.nii.gz"])
+    data, seg, properties = preprocess_array(image, geometry, None, result.plans, "3d_fullres", "case_002")
+    cached, _, cached_properties = load_case(result.output_folder / "3d_fullres", "case_002")
+    np.testing.assert_array_equal(data, cached)
+    assert set(np.unique(seg)) <= {-1, 0} and properties.class_locations == {}
+    assert properties.bbox == cached_properties.bbox and properties.shape_after_resampling == cached_properties.shape_after_resampling
+    with pytest.raises(VolfnetError, match="has 2 channel"):
+        preprocess_array(np.concatenate([image, image]), geometry, None, result.plans, "3d_fullres", "two_channels")
+    nan_image = image.copy()
+    nan_image[0, 5, 5, 5] = np.nan
+    with pytest.raises(VolfnetError, match="NaN"):
+        preprocess_array(nan_image, geometry, None, result.plans, "3d_fullres", "nan_case")

@@ -15,6 +15,8 @@ measured peak.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 from volfnet.plans import NetworkTopology
@@ -65,12 +67,26 @@ _CACHE: dict[tuple, NetworkCost] = {}
 
 
 def measure_cost(topology: NetworkTopology, patch_size: list[int], num_input_channels: int, num_classes: int) -> NetworkCost:
-    """Parameters, activation elements and forward FLOPs per sample (cached by value, since
-    the planner's shrink loop asks for the same topology and patch many times)."""
-    key = (_freeze(topology), tuple(patch_size), num_input_channels, num_classes)
+    """Parameters, activation elements and forward FLOPs per sample.
+
+    FMUNet is fully convolutional: with a patch divisible by its total down-sampling, every
+    feature map holds ``patch voxels / level down-sampling`` voxels, so activations and FLOPs
+    are exactly proportional to the patch volume. It is therefore measured once per topology
+    on the smallest valid patch and scaled (the planner's shrink loop tries dozens of patches).
+    PCT-Net's window attention pads to whole windows, so it is measured at each patch.
+    Results are cached by value.
+    """
+    divisor = topology.total_downsampling()
+    scalable = topology.name == "fmunet" and all(p % d == 0 for p, d in zip(patch_size, divisor))
+    reference = [2 * d for d in divisor] if scalable else list(patch_size)
+    key = (_freeze(topology), tuple(reference), num_input_channels, num_classes)
     if key not in _CACHE:
-        _CACHE[key] = _measure(topology, list(patch_size), num_input_channels, num_classes)
-    return _CACHE[key]
+        _CACHE[key] = _measure(topology, reference, num_input_channels, num_classes)
+    cost = _CACHE[key]
+    if not scalable:
+        return cost
+    scale = math.prod(patch_size) / math.prod(reference)
+    return NetworkCost(cost.parameters, round(cost.activation_elements * scale), round(cost.forward_flops * scale))
 
 
 def _measure(topology: NetworkTopology, patch_size: list[int], num_input_channels: int, num_classes: int) -> NetworkCost:
@@ -100,3 +116,16 @@ def _measure(topology: NetworkTopology, patch_size: list[int], num_input_channel
             handle.remove()
     parameters = sum(p.numel() for p in network.parameters())
     return NetworkCost(parameters=parameters, activation_elements=counted[0], forward_flops=int(flops.get_total_flops()))
+
+
+def estimate_cost(topology: NetworkTopology, patch_size: list[int], num_input_channels: int, num_classes: int) -> NetworkCost:
+    """A fast estimate for search loops: exact for FMUNet; for PCT-Net scaled linearly from a
+    patch whose transformer levels hold whole attention windows, which ignores the padding
+    to whole windows (an underestimate, so the planner confirms with :func:`measure_cost`)."""
+    if topology.name == "fmunet":
+        return measure_cost(topology, patch_size, num_input_channels, num_classes)
+    window = topology.window_size or 1
+    aligned = [2 * window * d for d in topology.total_downsampling()]
+    reference = measure_cost(dataclasses.replace(topology, input_size=aligned), aligned, num_input_channels, num_classes)
+    scale = math.prod(patch_size) / math.prod(aligned)
+    return NetworkCost(reference.parameters, round(reference.activation_elements * scale), round(reference.forward_flops * scale))

@@ -22,7 +22,7 @@ from volfnet.errors import VolfnetError
 from volfnet.io.dataset import DatasetJson
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans, ResamplingSpec
 from volfnet.planning.compute_targets import ComputeTarget, get_compute_target
-from volfnet.planning.cost import measure_cost
+from volfnet.planning.cost import estimate_cost, measure_cost
 from volfnet.planning.fingerprint import Fingerprint
 from volfnet.planning.spacing import target_spacing, transpose_for_spacing
 from volfnet.planning.topology import fmunet_topology, pctnet_topology, round_up_patch
@@ -108,8 +108,9 @@ class Planner:
             patch = rounded
         raise RuntimeError(f"patch {patch} and topology did not settle")
 
-    def _fits(self, topology: NetworkTopology, patch: list[int], batch_size: int) -> bool:
-        cost = measure_cost(topology, patch, self.num_channels, self.num_classes)
+    def _fits(self, topology: NetworkTopology, patch: list[int], batch_size: int, exact: bool = True) -> bool:
+        measure = measure_cost if exact else estimate_cost
+        cost = measure(topology, patch, self.num_channels, self.num_classes)
         if self.target.device == "cpu":
             return cost.training_gflop(batch_size) <= self.target.step_gflop
         return cost.gpu_memory_gb(batch_size) <= self.target.memory_gb
@@ -123,24 +124,26 @@ class Planner:
         """Start large, then shrink the axis that overshoots the median image most, one
         down-sampling step at a time, until a batch of the minimum size fits the budget."""
         patch, topology = self._consistent(spacing, self._initial_patch(spacing, median_shape), round_up=True)
-        while not self._fits(topology, patch, self.target.min_batch_size):
-            divisor = topology.total_downsampling()
-            ratios = [p / m for p, m in zip(patch, median_shape)]
-            shrinkable = [a for a in np.argsort(ratios)[::-1] if patch[a] > divisor[a]]
-            if not shrinkable:
-                raise VolfnetError(
-                    f"no patch size fits the {self.target.name} budget even at {patch}; "
-                    "choose a larger compute target or smaller widths (--base-features)"
-                )
-            candidate = list(patch)
-            candidate[shrinkable[0]] -= divisor[shrinkable[0]]
-            patch, topology = self._consistent(spacing, candidate, round_up=False)
+        # Fast estimates first, then exact measurements for the last steps (see estimate_cost).
+        for exact in (False, True):
+            while not self._fits(topology, patch, self.target.min_batch_size, exact):
+                divisor = topology.total_downsampling()
+                ratios = [p / m for p, m in zip(patch, median_shape)]
+                shrinkable = [a for a in np.argsort(ratios)[::-1] if patch[a] > divisor[a]]
+                if not shrinkable:
+                    raise VolfnetError(
+                        f"no patch size fits the {self.target.name} budget even at {patch}; "
+                        "choose a larger compute target or smaller widths (--base-features)"
+                    )
+                candidate = list(patch)
+                candidate[shrinkable[0]] -= divisor[shrinkable[0]]
+                patch, topology = self._consistent(spacing, candidate, round_up=False)
         return patch, topology
 
     def _batch_size(self, topology: NetworkTopology, patch: list[int], median_shape: list[int]) -> int:
         batch = self.target.min_batch_size
         while batch < self.target.max_batch_size and self._fits(topology, patch, batch + 1):
-            batch += 1
+            batch += 1  # cheap: the cost is cached and scales linearly with the batch
         dataset_voxels = float(np.prod(median_shape)) * len(self.fingerprint.case_ids)
         cap = int(round(MAX_DATASET_COVERED * dataset_voxels / float(np.prod(patch))))
         return max(self.target.min_batch_size, min(batch, cap))
