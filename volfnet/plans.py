@@ -75,7 +75,9 @@ class NetworkTopology:
     ``kernel_sizes[i]`` is the conv kernel of level ``i``. For FMUNet a level-0 kernel of
     (1, 3, 3) and stride (1, 2, 2) is PyMIC's ``res_mode`` 1; levels 0 and 1 that way is
     ``res_mode`` 2. PCT-Net has a fixed ``input_size`` (its Swin layers are built for it) and
-    a ``resolution_mode`` (0, 1, 2) that fixes its first two strides.
+    a ``resolution_mode`` (0, 1, 2) that fixes its first two strides; for PCT-Net ``depth``
+    is the number of Swin blocks per PCT block and ``window_size`` the edge of its cubic
+    attention windows.
     """
 
     name: str

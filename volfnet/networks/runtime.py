@@ -1,0 +1,63 @@
+"""Device-dependent speed settings for running the networks: memory format and autocast.
+
+The choices are measured, not assumed (``benchmarks/networks``). On this project's CPU,
+channels-last-3d made an FMUNet training step slower, and the CPU has no native bfloat16
+(0.2 GFLOP/s), so CPU runs stay contiguous fp32. On CUDA, mixed precision is used (bf16
+where the GPU supports it, otherwise fp16 with a gradient scaler); channels-last stays opt-in
+until a GPU benchmark shows it faster for these networks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+CHANNELS_LAST_DEFAULT = {"cpu": False, "cuda": False}  # measured slower on CPU; unmeasured on CUDA
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``, or None for plain fp32.
+
+    CUDA: bfloat16 when supported (no loss scaling needed), else float16. CPU: None, because
+    without native bf16 instructions autocast is an emulation far slower than fp32.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
+    """fp16 gradients underflow without loss scaling; bf16 and fp32 do not."""
+    return dtype == torch.float16
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> ContextManager[object]:
+    """``torch.autocast`` with :func:`autocast_dtype`, or a no-op where fp32 is the choice."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device)
+    if not enabled or dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def use_channels_last(device: torch.device | str, channels_last: bool | None = None) -> bool:
+    """Whether to run in channels-last-3d: the explicit choice, else the measured default."""
+    if channels_last is not None:
+        return channels_last
+    return CHANNELS_LAST_DEFAULT.get(torch.device(device).type, False)
+
+
+def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool | None = None) -> nn.Module:
+    """Move ``model`` to ``device`` in the chosen memory format (in place; returned for chaining)."""
+    fmt = torch.channels_last_3d if use_channels_last(device, channels_last) else torch.contiguous_format
+    return model.to(device=torch.device(device), memory_format=fmt)
+
+
+def prepare_input(x: torch.Tensor, device: torch.device | str, channels_last: bool | None = None) -> torch.Tensor:
+    """Move a (B, C, Z, Y, X) batch to ``device`` in the same memory format as the model."""
+    fmt = torch.channels_last_3d if use_channels_last(device, channels_last) else torch.contiguous_format
+    return x.to(device=torch.device(device), memory_format=fmt, non_blocking=True)
