@@ -25,6 +25,7 @@ setup(
         "batchgenerators>=0.25",
         "acvl-utils>=0.2",
         "tqdm>=4.60",
+        "threadpoolctl>=3",
         "matplotlib>=3.6",
     ],
     extras_require={"test": ["pytest>=7"]},
