@@ -1,0 +1,121 @@
+"""The trained-model folder: one layout written by training and pretraining, read by prediction.
+
+A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothing else::
+
+    VOLFNET_results/<DatasetXXX_Name>/<network>__<configuration>/
+        plans.json             the plans training used (user overrides applied)
+        dataset.json           labels, channel names, file ending
+        postprocessing.json    optional: decided on cross-validation, applied by the predictor
+        fold_<k>/              k in 0..4, or fold_all
+            checkpoint_{latest,best,final}.pt   network, optimiser, schedule, logs, spec
+            progress.png  log.txt  training_log.json  validation/summary.json
+        pretrain/
+            checkpoint_{latest,best,final}.pt  progress.png  samples.png  log.txt
+
+Both training (writer) and inference (reader) import this module; it sits low, beside
+:mod:`volfnet.checkpoint`, so inference never imports training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from volfnet import paths
+from volfnet.errors import VolfnetError
+from volfnet.io.dataset import DatasetJson
+from volfnet.plans import Plans
+
+PLANS_FILE = "plans.json"
+DATASET_FILE = "dataset.json"
+PRETRAIN_FOLDER = "pretrain"
+CHECKPOINT_KINDS = ("latest", "best", "final")
+NUM_FOLDS = 5
+ALL_FOLDS = "all"
+
+Fold = int | str  # 0..NUM_FOLDS-1 or "all"
+
+
+def parse_fold(value: str | int) -> Fold:
+    """``"0"``..``"4"`` or ``"all"`` → 0..4 or ``"all"``; anything else is a clear error."""
+    if isinstance(value, str) and value.strip().lower() == ALL_FOLDS:
+        return ALL_FOLDS
+    try:
+        fold = int(value)
+    except (TypeError, ValueError):
+        raise VolfnetError(f"fold must be 0..{NUM_FOLDS - 1} or '{ALL_FOLDS}', got {value!r}") from None
+    if not 0 <= fold < NUM_FOLDS:
+        raise VolfnetError(f"fold {fold} is out of range: use 0..{NUM_FOLDS - 1} or '{ALL_FOLDS}'")
+    return fold
+
+
+def model_folder_name(network: str, configuration: str) -> str:
+    return f"{network}__{configuration}"
+
+
+def model_folder_path(dataset_name: str, network: str, configuration: str, results_root: Path | None = None) -> Path:
+    """Where the models of one dataset, network and configuration live."""
+    root = paths.results_root() if results_root is None else Path(results_root)
+    return root / dataset_name / model_folder_name(network, configuration)
+
+
+def fold_folder(model_folder: Path, fold: Fold) -> Path:
+    return Path(model_folder) / f"fold_{fold}"
+
+
+def pretrain_folder(model_folder: Path) -> Path:
+    return Path(model_folder) / PRETRAIN_FOLDER
+
+
+def checkpoint_path(run_folder: Path, kind: str) -> Path:
+    """``checkpoint_<kind>.pt`` inside a fold or pretrain folder."""
+    if kind not in CHECKPOINT_KINDS:
+        raise VolfnetError(f"checkpoint must be one of {CHECKPOINT_KINDS}, got {kind!r}")
+    return Path(run_folder) / f"checkpoint_{kind}.pt"
+
+
+@dataclass
+class ModelFolder:
+    """A model folder opened for reading: its plans, dataset.json and configuration."""
+
+    path: Path
+    plans: Plans
+    dataset_json: DatasetJson
+    network: str
+    configuration: str
+
+    @classmethod
+    def open(cls, path: Path) -> ModelFolder:
+        path = Path(path)
+        if not path.is_dir():
+            raise VolfnetError(f"{path}: model folder not found")
+        name = path.name
+        if "__" not in name:
+            raise VolfnetError(f"{path}: not a model folder (its name must be <network>__<configuration>)")
+        network, configuration = name.split("__", 1)
+        for required in (PLANS_FILE, DATASET_FILE):
+            if not (path / required).is_file():
+                raise VolfnetError(f"{path}: model folder has no {required}; was training started here?")
+        plans = Plans.load(path / PLANS_FILE)
+        plans.configuration(configuration)  # raises with the available names if it is missing
+        return cls(path, plans, DatasetJson.load(path / DATASET_FILE), network, configuration)
+
+    def available_folds(self, kind: str = "final") -> list[Fold]:
+        """Folds with a ``checkpoint_<kind>.pt``, numeric folds first, then ``all``."""
+        found: list[Fold] = [f for f in range(NUM_FOLDS) if checkpoint_path(fold_folder(self.path, f), kind).is_file()]
+        if checkpoint_path(fold_folder(self.path, ALL_FOLDS), kind).is_file():
+            found.append(ALL_FOLDS)
+        return found
+
+
+def write_model_folder_files(folder: Path, plans: Plans, dataset_json_file: Path) -> None:
+    """Write ``plans.json`` and copy ``dataset.json`` into a model folder (atomically), so the
+    folder describes itself. Called by training and pretraining before the first iteration."""
+    from volfnet.io.files import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plans.save(folder / PLANS_FILE)
+    text = Path(dataset_json_file).read_text()
+    with atomic_path(folder / DATASET_FILE) as tmp:
+        tmp.write_text(text)
