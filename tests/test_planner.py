@@ -128,10 +128,39 @@ def test_user_overrides_win():
         plan(fp, compute_target="tpu")
 
 
-@pytest.mark.parametrize("spacing,patch", [([1.0, 1.0, 1.0], [40, 56, 40]), ([3.0, 1.0, 1.0], [24, 96, 80])])
-def test_fmunet_cost_scales_exactly_with_patch_volume(spacing, patch):
+@pytest.mark.parametrize(
+    "spacing,patch,base,depth,dropout",
+    [
+        ([1.0, 1.0, 1.0], [40, 56, 40], 16, 2, 0.0),
+        ([3.0, 1.0, 1.0], [24, 96, 80], 16, 2, 0.2),
+        ([1.0, 1.0, 1.0], [20, 30, 22], 8, 1, 0.1),  # not divisible by the total stride
+        ([5.0, 0.8, 0.8], [12, 80, 64], 8, 3, 0.0),  # in-plane-only first levels
+    ],
+)
+def test_fmunet_closed_form_cost_equals_the_measured_network(spacing, patch, base, depth, dropout):
+    import dataclasses
+
     from volfnet.planning.cost import _measure
     from volfnet.planning.topology import fmunet_topology
 
-    topology = fmunet_topology(spacing, patch, 16, 256)
+    topology = fmunet_topology(spacing, patch, base, 256)
+    topology = dataclasses.replace(topology, depth=depth, dropout=[dropout] * topology.num_levels)
     assert measure_cost(topology, patch, 2, 4) == _measure(topology, patch, 2, 4)
+
+
+def test_planning_an_fmunet_does_not_import_torch():
+    """The closed-form cost keeps torch out of planning: a fresh interpreter plans a dataset
+    fingerprint without loading it (seconds saved on every plan)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from volfnet.planning.cost import measure_cost\n"
+        "from volfnet.planning.topology import fmunet_topology\n"
+        "cost = measure_cost(fmunet_topology([1.0, 1.0, 1.0], [40, 56, 40], 32, 320), [40, 56, 40], 1, 3)\n"
+        "assert cost.forward_flops > 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
