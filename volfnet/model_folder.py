@@ -2,7 +2,7 @@
 
 A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothing else::
 
-    VOLFNET_results/<DatasetXXX_Name>/<network>__<configuration>/
+    VOLFNET_results/<DatasetXXX_Name>/<network>__<configuration>[__<tag>]/
         plans.json             the plans training used (user overrides applied)
         dataset.json           labels, channel names, file ending
         postprocessing.json    optional: decided on cross-validation, applied by the predictor
@@ -11,6 +11,9 @@ A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothin
             progress.png  log.txt  training_log.json  validation/summary.json
         pretrain/
             checkpoint_{latest,best,final}.pt  progress.png  samples.png  log.txt
+
+The optional ``tag`` keeps variants of one network and configuration apart (for example a
+model trained from scratch beside a fine-tuned one: ``fmunet__3d_fullres__scratch``).
 
 Both training (writer) and inference (reader) import this module; it sits low, beside
 :mod:`volfnet.checkpoint`, so inference never imports training.
@@ -49,14 +52,16 @@ def parse_fold(value: str | int) -> Fold:
     return fold
 
 
-def model_folder_name(network: str, configuration: str) -> str:
-    return f"{network}__{configuration}"
+def model_folder_name(network: str, configuration: str, tag: str = "") -> str:
+    if tag and ("__" in tag or "/" in tag):
+        raise VolfnetError(f"model tag {tag!r} must not contain '__' or '/'")
+    return f"{network}__{configuration}" + (f"__{tag}" if tag else "")
 
 
-def model_folder_path(dataset_name: str, network: str, configuration: str, results_root: Path | None = None) -> Path:
-    """Where the models of one dataset, network and configuration live."""
+def model_folder_path(dataset_name: str, network: str, configuration: str, results_root: Path | None = None, tag: str = "") -> Path:
+    """Where the models of one dataset, network, configuration (and optional tag) live."""
     root = paths.results_root() if results_root is None else Path(results_root)
-    return root / dataset_name / model_folder_name(network, configuration)
+    return root / dataset_name / model_folder_name(network, configuration, tag)
 
 
 def fold_folder(model_folder: Path, fold: Fold) -> Path:
@@ -89,10 +94,10 @@ class ModelFolder:
         path = Path(path)
         if not path.is_dir():
             raise VolfnetError(f"{path}: model folder not found")
-        name = path.name
-        if "__" not in name:
-            raise VolfnetError(f"{path}: not a model folder (its name must be <network>__<configuration>)")
-        network, configuration = name.split("__", 1)
+        parts = path.name.split("__")
+        if len(parts) not in (2, 3):
+            raise VolfnetError(f"{path}: not a model folder (its name must be <network>__<configuration>[__<tag>])")
+        network, configuration = parts[0], parts[1]
         for required in (PLANS_FILE, DATASET_FILE):
             if not (path / required).is_file():
                 raise VolfnetError(f"{path}: model folder has no {required}; was training started here?")
