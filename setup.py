@@ -35,6 +35,9 @@ setup(
             "volfnet_convert_msd=volfnet.cli.convert_msd:main",
             "volfnet_demo=volfnet.cli.demo:main",
             "volfnet_evaluate=volfnet.cli.evaluate:main",
+            "volfnet_predict=volfnet.cli.predict:main",
+            "volfnet_pretrain=volfnet.cli.pretrain:main",
+            "volfnet_train=volfnet.cli.train:main",
         ]
     },
 )

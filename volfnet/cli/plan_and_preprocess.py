@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from volfnet.cli._common import run_cli
+from volfnet.errors import VolfnetError
 from volfnet.planning.compute_targets import COMPUTE_TARGETS, DEFAULT_COMPUTE_TARGET
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
@@ -25,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", default=DEFAULT_COMPUTE_TARGET, choices=sorted(COMPUTE_TARGETS),
         help=f"compute target the plans are sized for (default {DEFAULT_COMPUTE_TARGET}; 'cpu' for small CPU machines)",
     )
-    parser.add_argument("--network", default="fmunet", choices=["fmunet", "pctnet"], help="network (default fmunet)")
+    parser.add_argument("--network", choices=["fmunet", "pctnet"], help="network (default fmunet; with --pretrained, the checkpoint's)")
+    parser.add_argument(
+        "--pretrained", type=Path, metavar="CKPT",
+        help="plan to fit this pretrained checkpoint (volfnet, or a released MIS-FM FMUNet/PCT-Net file): "
+        "its network, normalisation family; spacing and patch adapted",
+    )
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size in voxels")
     parser.add_argument("--batch-size", type=int, help="batch size")
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     options = PlannerOptions(
         compute_target=args.target,
-        network=args.network,
+        network=args.network or "fmunet",
         target_spacing=args.spacing,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def run() -> None:
+        if args.pretrained is not None and args.network is not None:
+            raise VolfnetError("--network and --pretrained exclude each other: the checkpoint decides the network")
         for dataset in args.dataset:
             request = PlanAndPreprocessRequest(
                 dataset=dataset,
@@ -72,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 preprocess_only=args.preprocess_only,
                 part=args.part,
                 num_parts=args.num_parts,
+                pretrained=args.pretrained,
             )
             result = plan_and_preprocess(request)
             for name, config in result.plans.configurations.items():

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from tqdm import tqdm
 
 from volfnet.io.files import atomic_write_json
 from volfnet.io.image_io import ImageGeometry, write_image
@@ -113,23 +114,39 @@ def random_geometry(rng: np.random.Generator) -> tuple[tuple[int, int, int], tup
     return shape, spacing  # type: ignore[return-value]
 
 
-def write_demo_dataset(folder: Path, num_labelled: int = 16, num_unlabelled: int = 16, seed: int = 0) -> Path:
-    """Write the demo dataset in nnU-Net v2 raw layout (labelled in imagesTr/labelsTr,
-    unlabelled scans for pretraining in imagesTs). Existing complete datasets are kept."""
+UNLABELLED_FOLDER = "imagesUnlabelled"  # extra scans without labels, for VolF pretraining (``--images``)
+TEST_LABELS_FOLDER = "labelsTs"  # references of the held-out imagesTs cases, for evaluation only
+
+
+@dataclass(frozen=True)
+class DemoDatasetSizes:
+    """How many scans of each kind the demo writes."""
+
+    train: int = 12  # imagesTr + labelsTr: what training sees
+    test: int = 4  # imagesTs + labelsTs: held out, predicted and evaluated at the end
+    unlabelled: int = 16  # imagesUnlabelled: VolF pretraining only
+
+
+def write_demo_dataset(folder: Path, sizes: DemoDatasetSizes = DemoDatasetSizes(), seed: int = 0) -> Path:
+    """Write the demo dataset in nnU-Net v2 raw layout: labelled training scans in
+    imagesTr/labelsTr, held-out labelled scans in imagesTs (references in labelsTs) and
+    unlabelled scans in imagesUnlabelled. A complete dataset (its dataset.json, written last,
+    exists) is kept as it is."""
     marker = folder / "dataset.json"
     if marker.is_file():
         logger.info("demo dataset already at %s", folder)
         return folder
     rng = np.random.default_rng(seed)
-    for index in range(num_labelled + num_unlabelled):
+    kinds = ["train"] * sizes.train + ["test"] * sizes.test + ["unlabelled"] * sizes.unlabelled
+    for index, kind in enumerate(tqdm(kinds, desc="synthetic scans", unit="scan")):
         shape, spacing = random_geometry(rng)
         case = make_case(rng, shape, spacing)
         case_id = f"demo_{index:03d}"
-        if index < num_labelled:
-            write_image(case.image, case.geometry, folder / "imagesTr" / f"{case_id}_0000.nii.gz")
-            write_image(case.label, case.geometry, folder / "labelsTr" / f"{case_id}.nii.gz")
-        else:
-            write_image(case.image, case.geometry, folder / "imagesTs" / f"{case_id}_0000.nii.gz")
+        image_folder = {"train": "imagesTr", "test": "imagesTs", "unlabelled": UNLABELLED_FOLDER}[kind]
+        write_image(case.image, case.geometry, folder / image_folder / f"{case_id}_0000.nii.gz")
+        if kind != "unlabelled":
+            label_folder = "labelsTr" if kind == "train" else TEST_LABELS_FOLDER
+            write_image(case.label, case.geometry, folder / label_folder / f"{case_id}.nii.gz")
     atomic_write_json(
         marker,
         {
@@ -137,10 +154,10 @@ def write_demo_dataset(folder: Path, num_labelled: int = 16, num_unlabelled: int
             "description": "synthetic abdominal CT made by volfnet_demo",
             "channel_names": {"0": "CT"},
             "labels": LABELS,
-            "numTraining": num_labelled,
+            "numTraining": sizes.train,
             "file_ending": ".nii.gz",
             "licence": "CC0 (synthetic)",
         },
     )
-    logger.info("wrote %d labelled and %d unlabelled synthetic scans to %s", num_labelled, num_unlabelled, folder)
+    logger.info("wrote %d training, %d held-out and %d unlabelled synthetic scans to %s", sizes.train, sizes.test, sizes.unlabelled, folder)
     return folder

@@ -50,6 +50,20 @@ COMPUTE_TARGETS: dict[str, ComputeTarget] = {
         max_batch_size=8,
         description="a small CPU (2-8 cores): half-width network, ~2 s per training step",
     ),
+    # A tenth of the cpu budget and a quarter of the widths: ~0.2-0.4 s per step on 2 cores, for
+    # the demo, smoke tests and a first look at a new dataset in minutes rather than hours.
+    "cpu_small": ComputeTarget(
+        name="cpu_small",
+        device="cpu",
+        memory_gb=None,
+        step_gflop=6.0,
+        base_features=8,
+        max_features=64,
+        initial_patch_voxels=64**3,
+        min_batch_size=2,
+        max_batch_size=8,
+        description="a quick look on a small CPU: quarter-width network, ~0.3 s per training step",
+    ),
 }
 DEFAULT_COMPUTE_TARGET = "gpu8"
 

@@ -44,6 +44,7 @@ class PlanAndPreprocessRequest:
     part: int = 0
     num_parts: int = 1
     progress: bool = True
+    pretrained: Path | None = None  # plan to fit this checkpoint's network (see planning/fit_checkpoint.py)
 
 
 @dataclass
@@ -78,7 +79,15 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
         else:
             fingerprint = extract_fingerprint(cases, raw.dataset_json.channel_names, request.num_workers, request.progress)
         fingerprint.save(fingerprint_path)
-    plans = Planner(fingerprint, raw.dataset_json, raw.name, request.options).plan()
+    options, fit = request.options, None
+    if request.pretrained is not None:
+        from volfnet.planning import fit_checkpoint  # imports torch: only when a checkpoint is given
+
+        fit = fit_checkpoint.read_checkpoint_fit(Path(request.pretrained))
+        options = fit_checkpoint.planner_options_for(fit, options, raw.dataset_json)
+    plans = Planner(fingerprint, raw.dataset_json, raw.name, options).plan()
+    if fit is not None:
+        plans = fit_checkpoint.finish_plans(plans, fit, raw.dataset_json, output)
     for assignment in request.overrides:
         plans = apply_override(plans, assignment)
     plans_path = output / "plans.json"

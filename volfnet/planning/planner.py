@@ -13,6 +13,7 @@ nnU-Net's rules (``specs/nnunet_v2_reference.md`` section 3), with these changes
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ class PlannerOptions:
     base_features: int | None = None
     max_features: int | None = None
     lowres: bool = True
+    topology: NetworkTopology | None = None  # fixed network (planning to fit a pretrained checkpoint)
 
 
 def normalization_for_channels(fingerprint: Fingerprint, channel_names: dict[int, str]) -> list[ChannelNormalization]:
@@ -83,11 +85,16 @@ class Planner:
         self.target: ComputeTarget = get_compute_target(self.options.compute_target)
         if self.options.network not in ("fmunet", "pctnet"):
             raise VolfnetError(f"unknown network {self.options.network!r}; choose fmunet or pctnet")
+        if self.options.topology is not None and self.options.topology.name != self.options.network:
+            raise VolfnetError(f"network {self.options.network!r} given, but the fixed topology is a {self.options.topology.name}")
         self.num_channels = dataset_json.num_channels
         self.num_classes = dataset_json.num_classes
 
     # -- helpers -------------------------------------------------------------------------
     def _topology(self, spacing: list[float], patch: list[int]) -> NetworkTopology:
+        fixed = self.options.topology
+        if fixed is not None:  # the checkpoint's network; PCT-Net's input size is the patch
+            return dataclasses.replace(fixed, input_size=list(patch)) if fixed.name == "pctnet" else fixed
         base = self.options.base_features or self.target.base_features
         maximum = self.options.max_features or self.target.max_features
         build = fmunet_topology if self.options.network == "fmunet" else pctnet_topology
@@ -131,10 +138,12 @@ class Planner:
                 ratios = [p / m for p, m in zip(patch, median_shape)]
                 shrinkable = [a for a in np.argsort(ratios)[::-1] if patch[a] > divisor[a]]
                 if not shrinkable:
-                    raise VolfnetError(
-                        f"no patch size fits the {self.target.name} budget even at {patch}; "
-                        "choose a larger compute target or smaller widths (--base-features)"
+                    remedy = (
+                        "choose a larger compute target (--target) or give --patch-size: the network is fixed by the checkpoint"
+                        if self.options.topology is not None
+                        else "choose a larger compute target or smaller widths (--base-features)"
                     )
+                    raise VolfnetError(f"no patch size fits the {self.target.name} budget even at {patch}; {remedy}")
                 candidate = list(patch)
                 candidate[shrinkable[0]] -= divisor[shrinkable[0]]
                 patch, topology = self._consistent(spacing, candidate, round_up=False)
@@ -236,7 +245,11 @@ class Planner:
         configurations = {"3d_fullres": fullres}
         coverage = np.prod(fullres.patch_size) / np.prod(fullres.median_shape)
         wants_lowres = (
-            self.options.lowres and coverage < LOWRES_THRESHOLD and self.options.patch_size is None and self.options.network == "fmunet"
+            self.options.lowres
+            and coverage < LOWRES_THRESHOLD
+            and self.options.patch_size is None
+            and self.options.network == "fmunet"
+            and self.options.topology is None
         )
         if wants_lowres:
             lowres_spacing = self._lowres_spacing(spacing, fullres.patch_size)

@@ -1,0 +1,77 @@
+"""``volfnet_predict -i IN -o OUT (-d DATASET -c CONFIG | -m MODEL_FOLDER)``: segment new scans.
+
+Argument parsing only; the work is in :class:`volfnet.inference.predictor.Predictor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from volfnet.cli._common import run_cli
+from volfnet.inference.locate import locate_model_folder
+from volfnet.inference.predictor import Predictor
+from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION
+
+CHECKPOINT_CHOICES = ("final", "best")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volfnet_predict",
+        description="Segment images with a trained model. Outputs <case><ending> label maps in the geometry of the "
+        "input images (and <case>.npz probabilities with --save-probabilities).",
+    )
+    parser.add_argument("-i", "--input", type=Path, required=True,
+                        help="folder of images named {case}_0000<ending> (one file per channel; single-channel models "
+                        "also take freely named files), or one image file")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (created if missing)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("-d", "--dataset", help="dataset id or name, e.g. 4 or Dataset004_Hippocampus (needs -c)")
+    model.add_argument("-m", "--model-folder", type=Path, help="a model folder <results>/<dataset>/<network>__<configuration>")
+    parser.add_argument("-c", "--configuration", help="configuration with -d, e.g. 3d_fullres")
+    parser.add_argument("--network", default=None, help="network with -d (default: the one the plans chose)")
+    parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
+                        help="folds to average: 0..4 and/or all (default: every fold that has the checkpoint)")
+    parser.add_argument("-chk", "--checkpoint", choices=CHECKPOINT_CHOICES, default="final",
+                        help="checkpoint_<name>.pt to use (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    parser.add_argument("--step", type=float, default=DEFAULT_STEP_FRACTION,
+                        help="sliding-window step as a fraction of the patch (default: %(default)s)")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (up to 8x faster)")
+    parser.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with the class probabilities")
+    parser.add_argument("--continue", dest="skip_existing", action="store_true",
+                        help="skip cases whose outputs exist (resume an interrupted run)")
+    parser.add_argument("-np", "--num-workers", type=int, default=None,
+                        help="preprocessing processes running ahead of the network; 0: none "
+                        "(default: 2 with a GPU, 0 on the CPU, where the network already uses every core)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``volfnet_predict``; returns the exit code (2 for a user error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dataset is not None and not args.configuration:
+        parser.error("-d/--dataset needs -c/--configuration")
+    if args.model_folder is not None and (args.configuration or args.network):
+        parser.error("-c and --network go with -d; a model folder already names its configuration and network")
+
+    def run() -> None:
+        folder = args.model_folder or locate_model_folder(args.dataset, args.configuration, args.network)
+        predictor = Predictor.from_model_folder(
+            folder, folds=args.folds, checkpoint=args.checkpoint, device=args.device, step_fraction=args.step,
+            use_mirroring=not args.disable_tta, num_workers=args.num_workers,
+        )
+        summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing)
+        skipped = f", {len(summary.skipped)} skipped (already there)" if summary.skipped else ""
+        print(f"{len(summary.predicted)} case(s) predicted{skipped} in {summary.seconds:.1f} s -> {summary.output_folder}")
+
+    return run_cli(run, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Finding, reading and preprocessing the images a user asks to predict.
+
+An input folder holds either the raw layout ``{case}_{CCCC}{ending}`` (one file per channel,
+as in ``imagesTs``) or, for single-channel models, freely named files, one case each. Every
+problem (bad names, missing or extra channels) is found before any prediction starts and
+reported at once, each naming its file.
+
+This module imports no torch at the top, so the preprocessing worker processes that run
+:func:`load_input_case` start quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from volfnet.errors import DataIntegrityError, VolfnetError
+from volfnet.io.image_io import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_case
+from volfnet.plans import Plans
+from volfnet.preprocessing.case_store import CaseProperties, load_case
+from volfnet.preprocessing.preprocessor import preprocess_array
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_NAME_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # "{case}_{CCCC}" without the ending
+FIRST_CHANNEL = "0000"  # a file with this suffix marks a folder in the raw, one-file-per-channel layout
+MAX_LISTED_IGNORED = 5  # non-image files named in the warning before "and N more"
+# Header + data-file formats are written as their one-file twins: an atomic rename can move
+# only one file, and the header would keep naming a temporary data file.
+SINGLE_FILE_ENDING = {".mhd": ".mha", ".nhdr": ".nrrd"}
+
+
+def output_ending(input_ending: str) -> str:
+    """The ending of a prediction for an input with ``input_ending`` (the same format)."""
+    return SINGLE_FILE_ENDING.get(input_ending, input_ending)
+
+
+@dataclass
+class InputCase:
+    """One case to predict: its channel files in channel order, and the ending of its output."""
+
+    case_id: str
+    images: list[Path]
+    output_ending: str
+
+    def output_file(self, output_folder: Path) -> Path:
+        return Path(output_folder) / f"{self.case_id}{self.output_ending}"
+
+
+@dataclass
+class PreparedCase:
+    """A preprocessed case, ready for the network: (C, Z, Y, X) float32 data and properties."""
+
+    case_id: str
+    data: np.ndarray
+    properties: CaseProperties
+    source_files: list[Path] = field(default_factory=list)
+
+
+def _name_without_ending(path: Path) -> str:
+    ending = file_ending(path)
+    return path.name[: -len(ending)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files (supported endings, not hidden) in ``folder``; others are logged and ignored."""
+    files, ignored = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        (files if file_ending(path) in SUPPORTED_ENDINGS else ignored).append(path)
+    if ignored:
+        names = [p.name for p in ignored[:MAX_LISTED_IGNORED]]
+        more = f" and {len(ignored) - MAX_LISTED_IGNORED} more" if len(ignored) > MAX_LISTED_IGNORED else ""
+        logger.warning("%s: ignoring %d file(s) that are not images (%s%s)", folder, len(ignored), ", ".join(names), more)
+    return files
+
+
+def _expected_names(num_channels: int) -> str:
+    return ", ".join(f"{{case}}_{c:04d}<ending>" for c in range(num_channels))
+
+
+def _freely_named_cases(folder: Path, files: list[Path], num_channels: int) -> tuple[list[InputCase], list[str]]:
+    if num_channels > 1:
+        return [], [
+            f"{path}: name does not follow {{case}}_{{CCCC}}<ending>; the model takes {num_channels} channels, "
+            f"one file each ({_expected_names(num_channels)})"
+            for path in files
+        ]
+    cases, problems, seen = [], [], {}
+    for path in files:
+        case_id = _name_without_ending(path)
+        if case_id in seen:
+            problems.append(f"{path}: same case name {case_id!r} as {seen[case_id]}")
+            continue
+        seen[case_id] = path
+        cases.append(InputCase(case_id, [path], output_ending(file_ending(path))))
+    return cases, problems
+
+
+def _raw_layout_cases(folder: Path, files: list[Path], num_channels: int) -> tuple[list[InputCase], list[str]]:
+    problems: list[str] = []
+    channels: dict[str, dict[int, Path]] = {}
+    for path in files:
+        match = CHANNEL_NAME_PATTERN.match(_name_without_ending(path))
+        if match is None:
+            problems.append(f"{path}: name does not follow {{case}}_{{CCCC}}<ending> like the other files in {folder}")
+            continue
+        channels.setdefault(match["case"], {})[int(match["channel"])] = path
+    cases = []
+    for case_id, found in sorted(channels.items()):
+        expected = set(range(num_channels))
+        missing = sorted(expected - set(found))
+        extra = sorted(set(found) - expected)
+        endings = {file_ending(p) for p in found.values()}
+        if extra:
+            problems.append(
+                f"{folder / case_id}: has channel files {[f'{c:04d}' for c in sorted(found)]} but the model expects "
+                f"{num_channels} channel(s) ({_expected_names(num_channels)})"
+            )
+        elif missing:
+            names = [f"{case_id}_{c:04d}{file_ending(next(iter(found.values())))}" for c in missing]
+            problems.append(f"{folder / case_id}: missing channel file(s) {names}")
+        elif len(endings) > 1:
+            problems.append(f"{folder / case_id}: channel files use different endings {sorted(endings)}")
+        else:
+            images = [found[c] for c in range(num_channels)]
+            cases.append(InputCase(case_id, images, output_ending(file_ending(images[0]))))
+    return cases, problems
+
+
+def find_input_cases(folder: Path, num_channels: int) -> list[InputCase]:
+    """The cases in an input folder, sorted by case id.
+
+    Raw layout when any file is named ``*_0000<ending>``: then every file must follow
+    ``{case}_{CCCC}<ending>`` and every case must have exactly channels 0..num_channels-1.
+    Otherwise (single-channel models only) each image file is one case named after the file.
+    All problems are raised together as one :class:`~volfnet.errors.DataIntegrityError`.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VolfnetError(f"{folder}: input folder not found")
+    files = _image_files(folder)
+    if not files:
+        raise VolfnetError(
+            f"{folder}: no images to predict (expected files named {{case}}_0000<ending>, ending one of {list(SUPPORTED_ENDINGS)})"
+        )
+    raw_layout = any(_name_without_ending(p).endswith(f"_{FIRST_CHANNEL}") for p in files)
+    cases, problems = (_raw_layout_cases if raw_layout else _freely_named_cases)(folder, files, num_channels)
+    if problems:
+        raise DataIntegrityError(problems, header=f"{folder}: cannot predict these input images")
+    return cases
+
+
+def single_file_case(path: Path, num_channels: int) -> InputCase:
+    """An input given as one file: the case is named after it (without ``_0000``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VolfnetError(f"{path}: input file not found")
+    if file_ending(path) not in SUPPORTED_ENDINGS:
+        raise VolfnetError(f"{path}: not an image file (endings: {list(SUPPORTED_ENDINGS)})")
+    if num_channels > 1:
+        raise VolfnetError(
+            f"{path}: the model takes {num_channels} channels, one file each; put {_expected_names(num_channels)} "
+            "into a folder and pass the folder"
+        )
+    name = _name_without_ending(path)
+    match = CHANNEL_NAME_PATTERN.match(name)
+    case_id = match["case"] if match and match["channel"] == FIRST_CHANNEL else name
+    return InputCase(case_id, [path], output_ending(file_ending(path)))
+
+
+def read_input_images(images: list[Path]) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a case's channels as float32 (C, Z, Y, X); NaN or infinity is an error naming the file."""
+    image, geometry = read_case(images)
+    for channel, path in zip(image, images):
+        bad = int(np.count_nonzero(~np.isfinite(channel)))
+        if bad:
+            raise VolfnetError(f"{path}: image contains {bad} NaN or infinite voxel(s); replace them before predicting")
+    return image, geometry
+
+
+def load_input_case(case: InputCase, plans: Plans, configuration_name: str) -> PreparedCase:
+    """Read and preprocess one input case, exactly as training cases were (runs in workers)."""
+    image, geometry = read_input_images(case.images)
+    data, _, properties = preprocess_array(
+        image, geometry, None, plans, configuration_name, case.case_id, source_files=[str(p) for p in case.images]
+    )
+    return PreparedCase(case.case_id, data, properties, list(case.images))
+
+
+def load_cached_case(case_id: str, preprocessed_folder: Path) -> PreparedCase:
+    """A case from the preprocessing cache, read into memory (the network reads all of it)."""
+    data, _, properties = load_case(Path(preprocessed_folder), case_id, mmap=False, with_seg=False)
+    return PreparedCase(case_id, data, properties)

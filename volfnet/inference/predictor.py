@@ -1,0 +1,545 @@
+"""The predictor: trained networks + plans -> label maps in the geometry of the input scans.
+
+One object serves three callers: ``volfnet_predict`` (raw images in a folder or a file), the
+trainer's final validation (cases already in the preprocessing cache, networks in memory)
+and Python users (arrays in memory). All share one path: preprocess exactly as in training
+(:func:`volfnet.preprocessing.preprocessor.preprocess_array`), sliding window over the
+average of the folds' logits with mirroring test-time augmentation
+(:func:`volfnet.inference.sliding_window.predict_sliding_window`), export to the original
+geometry (:mod:`volfnet.inference.export`), then the model folder's postprocessing.
+
+For many cases the work overlaps: worker processes read and preprocess the next cases and a
+background thread exports the previous one while the network predicts the current one.
+Every output is written atomically with the label map last, so after a crash the finished
+cases are valid and ``skip_existing`` predicts only the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from volfnet.checkpoint import CheckpointSpec, checkpoint_spec, load_checkpoint
+from volfnet.errors import DataIntegrityError, VolfnetError
+from volfnet.evaluation.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision, load_postprocessing
+from volfnet.inference.export import (
+    DEFAULT_PROBABILITIES_DTYPE,
+    ExportedPrediction,
+    probabilities_path,
+    take_logits_to_original,
+    write_prediction,
+)
+from volfnet.inference.inputs import (
+    InputCase,
+    PreparedCase,
+    find_input_cases,
+    load_cached_case,
+    load_input_case,
+    read_input_images,
+    single_file_case,
+)
+from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE_BATCH_SIZE, predict_sliding_window
+from volfnet.io.dataset import DatasetJson
+from volfnet.io.image_io import ImageGeometry, file_ending
+from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
+from volfnet.networks.build import build_network_from_topology
+from volfnet.parallel import WORKER_START_METHOD
+from volfnet.paths import ensure_writable_dir
+from volfnet.plans import ConfigurationPlan, Plans
+from volfnet.preprocessing.case_store import CaseProperties
+from volfnet.preprocessing.preprocessor import preprocess_array
+
+__all__ = ["DEFAULT_PREPROCESSING_WORKERS", "PredictionSummary", "Predictor", "default_preprocessing_workers"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# With a GPU, preprocessing on the CPU can be slower than the network: two processes keep one
+# case ready while the next is made (more only add memory, each holds a whole case). On the
+# CPU the network already uses every core, and worker processes only compete with it:
+# benchmarks/inference/predictor_memory.py measured 4.4 s/case inline, 4.6 with one process
+# and 6.5 with two on a 2-core machine. The export thread overlaps in both cases.
+DEFAULT_PREPROCESSING_WORKERS = {"cuda": 2, "cpu": 0}
+SEGMENTATION_KIND = "segmentation"  # the checkpoint spec kind the predictor accepts (not VolF pretraining)
+
+
+@dataclass
+class PredictionSummary:
+    """What a folder prediction did: case ids predicted and skipped, and the wall time."""
+
+    output_folder: Path
+    predicted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _full_resolution_outputs(networks: Sequence[nn.Module]) -> Iterator[None]:
+    """Switch deep supervision off while predicting (no coarse heads to compute), then restore."""
+    saved = [(net, net.deep_supervision) for net in networks if hasattr(net, "deep_supervision")]
+    for net, _ in saved:
+        net.deep_supervision = False
+    try:
+        yield
+    finally:
+        for net, value in saved:
+            net.deep_supervision = value
+
+
+def _default_device(device: torch.device | str | None) -> torch.device:
+    """CUDA when present unless told otherwise, so CPU-only users need no flag."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise VolfnetError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise VolfnetError(f"device {device!r} was requested but this torch build sees no CUDA GPU; use 'cpu'")
+    return resolved
+
+
+def default_preprocessing_workers(device: torch.device) -> int:
+    """Preprocessing processes for ``device`` (see :data:`DEFAULT_PREPROCESSING_WORKERS`)."""
+    workers = DEFAULT_PREPROCESSING_WORKERS.get(device.type, 0)
+    return max(0, min(workers, (os.cpu_count() or 1) - 1))
+
+
+def _writable_array(data: np.ndarray) -> np.ndarray:
+    """float32 data torch can wrap without a warning (memory maps are read-only: copied)."""
+    data = np.asarray(data, dtype=np.float32)
+    return data if data.flags.writeable and data.flags.c_contiguous else np.array(data, dtype=np.float32, order="C")
+
+
+class Predictor:
+    """Predicts label maps with one or more trained networks (folds, averaged).
+
+    ``networks`` already hold their weights (the trainer passes its model; use
+    :meth:`from_model_folder` for saved checkpoints). ``step_fraction``, ``use_mirroring``
+    and ``tile_batch_size`` configure the sliding window; the mirrored axes are the
+    configuration's ``mirror_axes`` (the ones training augmented). ``postprocessing`` is
+    applied to every label map. ``num_workers`` preprocessing processes run ahead of the
+    network in :meth:`predict_folder` (0: in this process; None: 2 with CUDA, 0 on the CPU).
+    Probabilities are saved as ``probabilities_dtype`` (float32 by default).
+    """
+
+    def __init__(
+        self,
+        networks: Sequence[nn.Module],
+        plans: Plans,
+        configuration_name: str,
+        dataset_json: DatasetJson,
+        device: torch.device | str | None = None,
+        step_fraction: float = DEFAULT_STEP_FRACTION,
+        use_mirroring: bool = True,
+        tile_batch_size: int = DEFAULT_TILE_BATCH_SIZE,
+        postprocessing: PostprocessingDecision | None = None,
+        num_workers: int | None = None,
+        probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
+        amp: bool | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.networks = list(networks)
+        if not self.networks:
+            raise VolfnetError("no network given to predict with")
+        if num_workers is not None and num_workers < 0:
+            raise VolfnetError(f"the number of preprocessing processes must be 0 or more, got {num_workers}")
+        self.plans = plans
+        self.configuration_name = configuration_name
+        self.configuration: ConfigurationPlan = plans.configuration(configuration_name)
+        self.dataset_json = dataset_json
+        if dataset_json.num_channels != plans.num_input_channels:
+            raise VolfnetError(
+                f"dataset.json names {dataset_json.num_channels} channel(s) but the plans expect {plans.num_input_channels}"
+            )
+        self.device = _default_device(device)
+        self.step_fraction = step_fraction
+        self.use_mirroring = use_mirroring
+        self.mirror_axes = list(self.configuration.mirror_axes) if use_mirroring else None
+        self.tile_batch_size = tile_batch_size
+        self.postprocessing = postprocessing
+        self.num_workers = default_preprocessing_workers(self.device) if num_workers is None else num_workers
+        self.probabilities_dtype = probabilities_dtype
+        self.amp = amp
+        self.progress = progress
+        logger.info(
+            "predictor: %d network(s) on %s, patch %s, step %.2f, mirroring %s, postprocessing %s, %d preprocessing process(es)",
+            len(self.networks), self.device, self.patch_size, step_fraction,
+            self.mirror_axes if self.mirror_axes else "off",
+            "on" if postprocessing and (postprocessing.foreground_largest_component or postprocessing.per_label) else "off",
+            self.num_workers,
+        )
+
+    # --- construction from a model folder ----------------------------------------------------
+
+    @classmethod
+    def from_model_folder(
+        cls,
+        folder: Path,
+        folds: Sequence[int | str] | None = None,
+        checkpoint: str = "final",
+        device: torch.device | str | None = None,
+        **options: Any,
+    ) -> Predictor:
+        """Load the given folds (default: every fold with ``checkpoint_<checkpoint>.pt``) of a
+        model folder; ``options`` go to the constructor. Each network is built from its
+        checkpoint's spec (deep supervision off) and its weights load strictly; every fold
+        must agree with the others and with the folder's plans and dataset.json.
+        ``postprocessing.json`` is applied when the folder has one (unless ``postprocessing``
+        is given in ``options``)."""
+        model = ModelFolder.open(Path(folder))
+        selected = _select_folds(model, folds, checkpoint)
+        networks, first_spec = [], None
+        for fold in selected:
+            path = checkpoint_path(fold_folder(model.path, fold), checkpoint)
+            network, spec = _load_fold_network(path, model)
+            if first_spec is not None and spec.to_dict() != first_spec.to_dict():
+                raise VolfnetError(f"{path}: its spec differs from fold {selected[0]}'s; folds of one model must share one architecture")
+            first_spec = first_spec or spec
+            networks.append(network)
+        postprocessing_file = model.path / POSTPROCESSING_FILE
+        if "postprocessing" not in options:  # an explicit postprocessing=None switches it off
+            options["postprocessing"] = load_postprocessing(postprocessing_file) if postprocessing_file.is_file() else None
+        logger.info("model %s: fold(s) %s, checkpoint_%s.pt", model.path, selected, checkpoint)
+        return cls(networks, model.plans, model.configuration, model.dataset_json, device=device, **options)
+
+    # --- properties --------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> list[int]:
+        """The sliding-window size: the training patch (PCT-Net: its fixed input size)."""
+        return list(self.configuration.patch_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset_json.num_classes
+
+    @property
+    def num_input_channels(self) -> int:
+        return self.plans.num_input_channels
+
+    # --- single cases -----------------------------------------------------------------------
+
+    def predict_logits(self, data: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Float32 (K, Z, Y, X) logits, averaged over the networks, for a preprocessed
+        (C, Z, Y, X) case (on the CPU)."""
+        image = data if isinstance(data, torch.Tensor) else torch.from_numpy(_writable_array(data))
+        if image.ndim != 4 or image.shape[0] != self.num_input_channels:
+            raise VolfnetError(
+                f"expected preprocessed data of shape ({self.num_input_channels}, Z, Y, X), got {list(image.shape)}"
+            )
+        with _full_resolution_outputs(self.networks):
+            return predict_sliding_window(
+                self.networks, image, self.patch_size, self.num_classes,
+                step_fraction=self.step_fraction, mirror_axes=self.mirror_axes, tile_batch_size=self.tile_batch_size,
+                device=self.device, amp=self.amp,
+            )
+
+    def _to_original(self, holder: list[torch.Tensor], properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
+        """Export logits handed over in a one-element list (emptied: freed once resampled)."""
+        return take_logits_to_original(
+            holder, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype
+        )
+
+    def _export(self, holder: list[torch.Tensor], properties: CaseProperties, output_file: Path, save_probabilities: bool) -> Path:
+        prediction = self._to_original(holder, properties, save_probabilities)
+        return write_prediction(prediction, properties.original_geometry, output_file)
+
+    def predict_preprocessed(
+        self, data: np.ndarray, properties: CaseProperties, output_file: Path | None = None, save_probabilities: bool = False
+    ) -> ExportedPrediction:
+        """Predict a case already preprocessed (e.g. from the npy cache) and map it to its
+        original geometry; written to ``output_file`` (+ ``<case>.npz``) when given."""
+        prediction = self._to_original([self.predict_logits(data)], properties, save_probabilities)
+        if output_file is not None:
+            write_prediction(prediction, properties.original_geometry, Path(output_file))
+        return prediction
+
+    def predict_array(
+        self, image: np.ndarray, geometry: ImageGeometry, case_id: str = "case", with_probabilities: bool = False
+    ) -> ExportedPrediction:
+        """Predict a (C, Z, Y, X) image held in memory, as read from its files, with its
+        geometry; the label map (and probabilities) come back in that geometry."""
+        image = np.asarray(image)
+        if image.ndim != 4:
+            raise VolfnetError(f"case {case_id}: expected a (C, Z, Y, X) image, got shape {list(image.shape)}")
+        if list(image.shape[1:]) != list(geometry.shape):
+            raise VolfnetError(f"case {case_id}: image shape {list(image.shape[1:])} differs from its geometry's {geometry.shape}")
+        data, _, properties = preprocess_array(image.astype(np.float32, copy=False), geometry, None, self.plans, self.configuration_name, case_id)
+        return self._to_original([self.predict_logits(data)], properties, with_probabilities)
+
+    def predict_files(self, image_files: Sequence[Path], output_file: Path, save_probabilities: bool = False) -> ExportedPrediction:
+        """Predict one case given as its channel files (in channel order) into ``output_file``."""
+        files = [Path(p) for p in image_files]
+        output_file = Path(output_file)
+        if len(files) != self.num_input_channels:
+            raise VolfnetError(
+                f"{', '.join(map(str, files)) or 'no files'}: {len(files)} channel file(s) given; the model expects {self.num_input_channels}"
+            )
+        if any(output_file.resolve() == p.resolve() for p in files):
+            raise VolfnetError(f"{output_file}: the output would overwrite an input image; choose another output")
+        image, geometry = read_input_images(files)
+        ending = file_ending(output_file)
+        case_id = output_file.name[: -len(ending)] if ending else output_file.name
+        data, _, properties = preprocess_array(image, geometry, None, self.plans, self.configuration_name, case_id)
+        return self.predict_preprocessed(data, properties, output_file, save_probabilities)
+
+    # --- many cases ---------------------------------------------------------------------------
+
+    def predict(self, input_path: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False) -> PredictionSummary:
+        """Predict a folder (see :meth:`predict_folder`) or a single image file into ``output_folder``."""
+        input_path = Path(input_path)
+        if input_path.is_dir():
+            return self.predict_folder(input_path, output_folder, save_probabilities, skip_existing)
+        case = single_file_case(input_path, self.num_input_channels)
+        if case.output_file(output_folder).resolve() == input_path.resolve():
+            raise VolfnetError(f"{input_path}: the output would overwrite the input image; choose another output folder")
+        return self._predict_cases([case], Path(output_folder), save_probabilities, skip_existing)
+
+    def predict_folder(
+        self, input_folder: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False
+    ) -> PredictionSummary:
+        """Predict every case of ``input_folder`` into ``output_folder/<case><ending>``.
+
+        Input naming: ``{case}_{CCCC}<ending>``, one file per channel, or (single-channel
+        models) freely named files; see :func:`volfnet.inference.inputs.find_input_cases`.
+        Outputs keep the input's ending. A case that cannot be read or preprocessed does not
+        stop the others: all such problems are raised together at the end, after the other
+        cases are written. ``skip_existing`` skips cases whose outputs exist.
+        """
+        input_folder, output_folder = Path(input_folder), Path(output_folder)
+        if output_folder.resolve() == input_folder.resolve():
+            raise VolfnetError(f"{output_folder}: the output folder is the input folder; predictions would mix with the images")
+        cases = find_input_cases(input_folder, self.num_input_channels)
+        return self._predict_cases(cases, output_folder, save_probabilities, skip_existing)
+
+    def predict_cached_cases(
+        self,
+        preprocessed_folder: Path,
+        case_ids: Sequence[str],
+        output_folder: Path,
+        save_probabilities: bool = False,
+        skip_existing: bool = False,
+    ) -> PredictionSummary:
+        """Predict cases from the preprocessing cache (``<case>.npy`` + ``<case>.json``) into
+        ``output_folder/<case><dataset file ending>`` in their original geometry (the
+        trainer's final validation)."""
+        ending = self.dataset_json.file_ending
+        load = functools.partial(load_cached_case, preprocessed_folder=Path(preprocessed_folder))
+        return self._run(
+            list(case_ids), str, load, lambda case_id: Path(output_folder) / f"{case_id}{ending}",
+            Path(output_folder), save_probabilities, skip_existing, use_processes=False,
+        )
+
+    def _predict_cases(self, cases: list[InputCase], output_folder: Path, save_probabilities: bool, skip_existing: bool) -> PredictionSummary:
+        load = functools.partial(load_input_case, plans=self.plans, configuration_name=self.configuration_name)
+        return self._run(
+            cases, lambda case: case.case_id, load, lambda case: case.output_file(output_folder),
+            output_folder, save_probabilities, skip_existing, use_processes=True,
+        )
+
+    def _run(
+        self,
+        items: list[T],
+        case_id_of: Callable[[T], str],
+        load: Callable[[T], PreparedCase],
+        output_of: Callable[[T], Path],
+        output_folder: Path,
+        save_probabilities: bool,
+        skip_existing: bool,
+        use_processes: bool,
+    ) -> PredictionSummary:
+        start = time.perf_counter()
+        ensure_writable_dir(output_folder, "output")
+        summary = PredictionSummary(output_folder)
+        todo = []
+        for item in items:
+            if skip_existing and _is_finished(output_of(item), save_probabilities):
+                summary.skipped.append(case_id_of(item))
+            else:
+                todo.append(item)
+        if summary.skipped:
+            logger.info("%d case(s) already predicted in %s, skipping them", len(summary.skipped), output_folder)
+        problems = self._pipeline(todo, case_id_of, load, output_of, save_probabilities, use_processes, summary.predicted)
+        summary.seconds = time.perf_counter() - start
+        if problems:
+            raise DataIntegrityError(
+                problems,
+                header=f"{len(problems)} of {len(todo)} case(s) could not be predicted; the other {len(summary.predicted)} "
+                f"are in {output_folder} (fix these, then rerun with skip_existing / volfnet_predict --continue)",
+            )
+        logger.info("%d case(s) predicted, %d skipped, in %.1f s", len(summary.predicted), len(summary.skipped), summary.seconds)
+        return summary
+
+    def _loader(self, count: int, use_processes: bool) -> tuple[contextlib.AbstractContextManager, int]:
+        """Executor that prepares cases ahead of the network, and how many cases it runs ahead.
+
+        Raw images: ``num_workers`` forkserver processes (reading and cubic resampling are
+        CPU work, kept out of the network's process). Cached cases: one thread (reading an
+        npy file is I/O). One case, or ``num_workers=0``: inline.
+        """
+        if count < 2 or (use_processes and self.num_workers == 0):
+            return contextlib.nullcontext(None), 0
+        if use_processes:
+            workers = min(self.num_workers, count)
+            context = multiprocessing.get_context(WORKER_START_METHOD)
+            return ProcessPoolExecutor(max_workers=workers, mp_context=context), workers
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="volfnet-load"), 1
+
+    def _pipeline(
+        self,
+        items: list[T],
+        case_id_of: Callable[[T], str],
+        load: Callable[[T], PreparedCase],
+        output_of: Callable[[T], Path],
+        save_probabilities: bool,
+        use_processes: bool,
+        predicted: list[str],
+    ) -> list[str]:
+        """Load ahead, predict in order, export behind; returns the per-case user errors."""
+        problems: list[str] = []
+        loader_context, ahead = self._loader(len(items), use_processes)
+        with loader_context as loader, ThreadPoolExecutor(max_workers=1, thread_name_prefix="volfnet-export") as exporter:
+            queue: deque[Future] = deque()
+            upcoming = iter(items)
+
+            def refill() -> None:
+                while loader is not None and len(queue) < ahead:
+                    item = next(upcoming, None)
+                    if item is None:
+                        return
+                    queue.append(loader.submit(load, item))
+
+            refill()
+            pending: tuple[str, Future] | None = None
+            try:
+                for item in tqdm(items, desc="predicting", unit="case", disable=not self.progress or None):
+                    case_id = case_id_of(item)
+                    prepared = _settle(queue.popleft().result if loader is not None else functools.partial(load, item), case_id, problems)
+                    refill()
+                    if prepared is None:
+                        continue
+                    started = time.perf_counter()
+                    logits = self.predict_logits(prepared.data)
+                    logger.debug("case %s: network %.1f s", case_id, time.perf_counter() - started)
+                    if pending is not None:
+                        predicted.append(_finish(*pending))
+                    # handed over in a list the export empties, so it can free them once resampled
+                    pending = (case_id, exporter.submit(self._export, [logits], prepared.properties, output_of(item), save_probabilities))
+                    del logits, prepared
+                if pending is not None:
+                    predicted.append(_finish(*pending))
+                    pending = None
+            except BaseException:
+                if loader is not None:
+                    loader.shutdown(wait=False, cancel_futures=True)
+                raise
+        return problems
+
+
+def _settle(get: Callable[[], PreparedCase], case_id: str, problems: list[str]) -> PreparedCase | None:
+    """The prepared case, or None after recording a user error (bad file) for the report."""
+    try:
+        return get()
+    except VolfnetError as exc:
+        logger.error("case %s: %s", case_id, exc)
+        problems.append(str(exc))
+        return None
+    except Exception as exc:
+        exc.add_note(f"(raised while preparing case {case_id})")
+        raise
+
+
+def _finish(case_id: str, export: Future) -> str:
+    """Wait for a case's export; its errors (disk full...) stop the run."""
+    export.result()
+    return case_id
+
+
+def _is_finished(output_file: Path, save_probabilities: bool) -> bool:
+    """Outputs are written atomically, label map last: existing files are complete."""
+    return output_file.is_file() and (not save_probabilities or probabilities_path(output_file).is_file())
+
+
+# --- model folder loading ---------------------------------------------------------------------
+
+
+def _select_folds(model: ModelFolder, folds: Sequence[int | str] | None, checkpoint: str) -> list[int | str]:
+    available = model.available_folds(checkpoint)
+    if folds is None:
+        if not available:
+            raise VolfnetError(f"{model.path}: no fold has a checkpoint_{checkpoint}.pt yet{_other_kinds_hint(model.path)}")
+        return available
+    selected = list(dict.fromkeys(parse_fold(f) for f in folds))
+    if not selected:
+        raise VolfnetError("no folds given")
+    for fold in selected:
+        path = checkpoint_path(fold_folder(model.path, fold), checkpoint)
+        if not path.is_file():
+            raise VolfnetError(
+                f"{path}: no checkpoint for fold {fold} (folds with checkpoint_{checkpoint}.pt: {available or 'none'})"
+                f"{_other_kinds_hint(path.parent)}"
+            )
+    return selected
+
+
+def _other_kinds_hint(folder: Path) -> str:
+    folder = Path(folder)
+    found = sorted(str(p.relative_to(folder)) for p in folder.glob("**/checkpoint_*.pt"))
+    return f"; found {found}" if found else ""
+
+
+def _load_fold_network(path: Path, model: ModelFolder) -> tuple[nn.Module, CheckpointSpec]:
+    """Build one fold's network from its checkpoint's spec and load the weights strictly."""
+    checkpoint = load_checkpoint(path)
+    spec = checkpoint_spec(checkpoint, str(path))
+    if spec is None:
+        raise VolfnetError(f"{path}: has no volfnet spec (not written by volfnet training); cannot tell which network it holds")
+    if spec.kind != SEGMENTATION_KIND:
+        raise VolfnetError(f"{path}: is a {spec.kind!r} checkpoint; prediction needs a trained segmentation checkpoint")
+    mismatch = _spec_mismatch(spec, model)
+    if mismatch:
+        raise VolfnetError(f"{path}: does not match the model folder's plans/dataset.json ({mismatch})")
+    network = build_network_from_topology(spec.network, spec.num_input_channels, spec.num_classes, deep_supervision=False)
+    try:
+        network.load_state_dict(checkpoint["model_state_dict"], strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:500]
+        raise VolfnetError(f"{path}: the weights do not fit the network its spec describes ({detail})") from None
+    network.eval()
+    return network, spec
+
+
+def _spec_mismatch(spec: CheckpointSpec, model: ModelFolder) -> str | None:
+    """First disagreement between a checkpoint's spec and the model folder, or None."""
+    configuration = model.plans.configuration(model.configuration)
+    checks = [
+        ("input channels", spec.num_input_channels, model.plans.num_input_channels),
+        ("classes", spec.num_classes, model.dataset_json.num_classes),
+        ("patch size", list(spec.patch_size), list(configuration.patch_size)),
+        ("spacing", list(spec.spacing), list(configuration.spacing)),
+        ("transpose", list(spec.transpose_forward), list(model.plans.transpose_forward)),
+        ("network", dataclasses.asdict(spec.network), dataclasses.asdict(configuration.network)),
+        ("normalization", [dataclasses.asdict(n) for n in spec.normalization], [dataclasses.asdict(n) for n in configuration.normalization]),
+    ]
+    for name, found, expected in checks:
+        if found != expected:
+            return f"{name}: checkpoint {found}, plans {expected}"
+    return None

@@ -1,0 +1,362 @@
+"""The training loop shared by supervised training and VolF pretraining.
+
+:func:`run_training` owns what every task needs: device, DistributedDataParallel, optimiser
+and schedule, mixed precision, optional ``torch.compile``, background batch loading, the
+per-epoch validation (pseudo Dice and its moving average), checkpoints, exact resume, logs,
+``progress.png`` and the progress bar. A :class:`~volfnet.training.task.TrainingTask` supplies
+the network, batches, loss and the work after training.
+
+Checkpoints in the run folder, each written atomically (a crash or ``kill -9`` mid-write
+leaves the previous file intact):
+
+- ``checkpoint_latest.pt`` every ``checkpoint_every`` epochs and after the last epoch: the
+  point ``resume=True`` continues from;
+- ``checkpoint_best.pt`` whenever the moving average of the pseudo Dice improves;
+- ``checkpoint_final.pt`` when training ends.
+
+Each holds the weights, optimiser, schedule position, gradient scaler, epoch, logs, trainer
+config, random generator states and the task's spec. Batches are seeded by their index, so a
+resumed run restarts the loaders at ``epoch * iterations_per_epoch`` and sees the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from volfnet.checkpoint import load_checkpoint, save_checkpoint
+from volfnet.data.loader import Batch, BatchLoader, default_num_workers
+from volfnet.errors import VolfnetError
+from volfnet.model_folder import checkpoint_path
+from volfnet.networks.runtime import (
+    autocast,
+    autocast_dtype,
+    needs_grad_scaler,
+    prepare_input,
+    prepare_model,
+)
+from volfnet.networks.weights import LoadReport
+from volfnet.training import distributed
+from volfnet.training.config import TrainerConfig
+from volfnet.training.initial_weights import load_initial_weights
+from volfnet.training.losses import as_label_map
+from volfnet.training.optim import LRSchedule, build_optimizer, learning_rate
+from volfnet.training.progress import ProgressWriter, TrainingLog, format_epoch
+from volfnet.training.rng import capture_rng_states, restore_rng_states
+from volfnet.training.task import TrainingTask
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run produced."""
+
+    run_folder: Path
+    epochs: int
+    best_ema_dice: float
+    final_checkpoint: Path
+    log: TrainingLog
+    load_report: LoadReport | None = None
+    model: nn.Module | None = None  # the trained network (unwrapped, deep supervision on), on its device
+
+
+def resolve_device(requested: str | torch.device | None, context: distributed.DistContext | None = None) -> torch.device:
+    """``cuda`` when available unless told otherwise; under DDP on CUDA, this rank's GPU."""
+    if requested is None:
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        kind = torch.device(requested).type
+        if kind not in ("cpu", "cuda"):
+            raise VolfnetError(f"device must be 'cpu' or 'cuda', got {requested!r}")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise VolfnetError("device 'cuda' requested but PyTorch sees no CUDA GPU; use --device cpu")
+    if kind == "cuda":
+        if context is not None and context.is_distributed:
+            return torch.device("cuda", context.local_rank)
+        index = torch.device(requested).index if requested is not None else None
+        return torch.device("cuda", index if index is not None else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def run_training(
+    task: TrainingTask,
+    config: TrainerConfig,
+    run_folder: Path,
+    resume: bool = False,
+    device: str | None = None,
+    pretrained: Path | None = None,
+    encoder_only: bool = False,
+) -> TrainingResult:
+    """Train ``task`` into ``run_folder`` and return the result (on every rank).
+
+    ``resume`` continues from ``checkpoint_latest.pt`` (an error when there is none).
+    ``pretrained`` initialises the network from a checkpoint (ignored when resuming: the
+    weights are in the checkpoint already); ``encoder_only`` loads only its encoder.
+    Under torchrun (or :func:`volfnet.training.distributed.launch`) every process calls this.
+    """
+    kind = resolve_device(device).type
+    context, joined = distributed.setup(kind)
+    try:
+        trainer = _Trainer(task, config, Path(run_folder), resolve_device(device, context), context)
+        return trainer.run(resume, pretrained, encoder_only)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def validate_checkpoint(task: TrainingTask, run_folder: Path, device: str | None = None, kind: str = "final") -> None:
+    """Run only ``task.after_training`` (full-volume validation) with a saved checkpoint."""
+    path = checkpoint_path(run_folder, kind)
+    if not path.is_file():
+        raise VolfnetError(f"{path} does not exist: train this fold first (validation-only needs checkpoint_{kind}.pt)")
+    checkpoint = load_checkpoint(path)
+    model = task.build_network()
+    model.load_state_dict(checkpoint["model_state_dict"])
+    target = resolve_device(device)
+    prepare_model(model, target)
+    model.eval()
+    task.after_training(model, Path(run_folder), target)
+
+
+class _Trainer:
+    """One run's state; :meth:`run` is the whole loop."""
+
+    def __init__(self, task: TrainingTask, config: TrainerConfig, run_folder: Path, device: torch.device, context: distributed.DistContext) -> None:
+        self.task = task
+        self.config = config
+        self.run_folder = run_folder
+        self.device = device
+        self.context = context
+        self.classes = list(task.evaluated_classes)
+        self.log = TrainingLog(class_names=[str(c) for c in self.classes])
+        self.amp_dtype = autocast_dtype(device) if config.amp else None
+        self.epoch = 0
+        self.workers = default_num_workers() if config.num_workers is None else config.num_workers
+
+    # ----------------------------------------------------------------- set-up
+    def _build(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> tuple[dict[str, Any] | None, LoadReport | None]:
+        torch.manual_seed(self.config.seed)  # the same initial weights on every rank and every rerun
+        self.model = self.task.build_network()
+        if self.context.is_distributed:  # the same weights everywhere, but each rank its own dropout masks
+            torch.manual_seed(distributed.rank_seed(self.config.seed, self.context.rank))
+        checkpoint, report = None, None
+        if resume:
+            path = checkpoint_path(self.run_folder, "latest")
+            if not path.is_file():
+                raise VolfnetError(
+                    f"cannot resume: {path} does not exist (no epoch was checkpointed yet); start without --c"
+                )
+            checkpoint = load_checkpoint(path)
+            self.model.load_state_dict(checkpoint["model_state_dict"])
+            if pretrained is not None:
+                logger.info("resuming: the pretrained weights are part of the checkpoint; %s is not loaded again", pretrained)
+        elif pretrained is not None:
+            report = load_initial_weights(self.model, Path(pretrained), self.task.spec(), encoder_only)
+        prepare_model(self.model, self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), self.config)
+        self.schedule = LRSchedule(self.optimizer, self.config)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.amp_dtype))
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+            self.schedule.load_state_dict(checkpoint["schedule_state"])
+            if checkpoint.get("grad_scaler_state_dict"):
+                self.scaler.load_state_dict(checkpoint["grad_scaler_state_dict"])
+            self.log = TrainingLog.from_dict(checkpoint["logs"])
+            self.epoch = int(checkpoint["epoch"])
+            logger.info("resuming %s after epoch %d (iteration %d)", self.run_folder, self.epoch - 1, self.schedule.iteration)
+        self.train_model: nn.Module = self.model
+        if self.context.is_distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # static_graph: PCT-Net has branches a given resolution mode never uses; DDP then
+            # learns the used set on the first step instead of failing or searching every step.
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True)
+        self.eval_model: nn.Module = self.model
+        if self.config.compile:
+            logger.info("compiling the network (torch.compile); the first iterations are slow")
+            self.train_model = torch.compile(self.train_model)
+            self.eval_model = torch.compile(self.model)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not self.config.deterministic
+            torch.backends.cudnn.deterministic = self.config.deterministic
+        return checkpoint, report
+
+    def _loaders(self) -> tuple[BatchLoader, BatchLoader | None]:
+        workers = self.workers
+        val_workers = self.config.val_num_workers
+        if val_workers is None:
+            val_workers = 0 if workers == 0 else max(1, workers // 2)
+        seed = distributed.rank_seed(self.config.seed, self.context.rank)
+        pin = self.device.type == "cuda"
+        train = BatchLoader(
+            self.task.training_producer(seed), workers, start_index=self.epoch * self.config.iterations_per_epoch, pin_memory=pin
+        )
+        if self.config.val_iterations == 0:
+            return train, None
+        try:
+            val = BatchLoader(
+                self.task.validation_producer(seed + distributed.VALIDATION_SEED_OFFSET),
+                val_workers,
+                start_index=self.epoch * self.config.val_iterations,
+                pin_memory=pin,
+            )
+        except BaseException:
+            train.close()
+            raise
+        return train, val
+
+    # ------------------------------------------------------------------ steps
+    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        data = prepare_input(batch.data, self.device)
+        targets = [t.to(self.device, non_blocking=True) for t in batch.target]
+        return data, targets
+
+    def _train_step(self, batch: Batch) -> torch.Tensor:
+        data, targets = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, enabled=self.config.amp):
+            outputs = self.train_model(data)
+            loss = self.task.loss(outputs, targets)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+    @torch.no_grad()
+    def _validate(self, loader: BatchLoader | None) -> tuple[float, list[float]]:
+        """Validation loss and pseudo Dice per evaluated class: hard true/false positives and
+        false negatives of the argmax of the full-resolution output, summed over every
+        validation batch (and every process) before dividing, as if the patches were one
+        volume. NaN for a class that neither occurs nor is predicted."""
+        if loader is None:
+            return math.nan, [math.nan] * len(self.classes)
+        self.eval_model.eval()
+        counts = torch.zeros(3, len(self.classes), dtype=torch.float64, device=self.device)
+        loss_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for _ in range(self.config.val_iterations):
+            data, targets = self._to_device(next(loader))
+            with autocast(self.device, enabled=self.config.amp):
+                outputs = self.eval_model(data)
+                loss = self.task.loss(outputs, targets)
+            loss_sum[0] += loss.double()
+            loss_sum[1] += 1
+            first = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
+            predicted = first.argmax(1)
+            labels = as_label_map(targets[0])
+            for index, label in enumerate(self.classes):
+                is_pred, is_ref = predicted == label, labels == label
+                counts[0, index] += (is_pred & is_ref).sum()
+                counts[1, index] += (is_pred & ~is_ref).sum()
+                counts[2, index] += (~is_pred & is_ref).sum()
+        distributed.all_reduce_sum(counts)
+        distributed.all_reduce_sum(loss_sum)
+        tp, fp, fn = counts.cpu().tolist()
+        dice = [2 * t / (2 * t + p + n) if (2 * t + p + n) > 0 else math.nan for t, p, n in zip(tp, fp, fn)]
+        return float(loss_sum[0] / loss_sum[1].clamp_min(1)), dice
+
+    # ------------------------------------------------------------ checkpoints
+    def _state(self, kind: str) -> dict[str, Any]:
+        return {
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "schedule_state": self.schedule.state_dict(),
+            "grad_scaler_state_dict": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.schedule.iteration,
+            "logs": self.log.to_dict(),
+            "trainer_config": self.config.to_dict(),
+            "rng_states": capture_rng_states(),
+            "spec": self.task.spec().to_dict(),
+            "checkpoint_kind": kind,
+            "world_size": self.context.world_size,
+        }
+
+    def _save(self, kind: str) -> Path:
+        path = checkpoint_path(self.run_folder, kind)
+        save_checkpoint(path, self._state(kind))
+        logger.debug("saved %s", path)
+        return path
+
+    # ------------------------------------------------------------------- loop
+    def run(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> TrainingResult:
+        writer = ProgressWriter(self.run_folder) if self.context.is_main else None  # first: log.txt sees the set-up too
+        try:
+            checkpoint, report = self._build(resume, pretrained, encoder_only)
+            logger.info(
+                "training %s: %d epochs x %d iterations on %s%s, %s lr %.3g (%s)",
+                self.task.kind, self.config.num_epochs, self.config.iterations_per_epoch, self.device,
+                f" x {self.context.world_size} processes" if self.context.is_distributed else "",
+                self.config.optimizer, self.config.lr, self.config.schedule,
+            )
+            if checkpoint is not None:
+                # Last, so nothing drawn while building (weights, loaders) shifts the streams.
+                restore_rng_states(checkpoint["rng_states"])
+                del checkpoint
+            train_loader, val_loader = self._loaders()
+            try:
+                while self.epoch < self.config.num_epochs:
+                    self._run_epoch(train_loader, val_loader, writer)
+            finally:
+                train_loader.close()
+                if val_loader is not None:
+                    val_loader.close()
+            final = checkpoint_path(self.run_folder, "final")
+            if self.context.is_main:
+                final = self._save("final")
+                if self.log.best_epoch >= 0:
+                    logger.info("training done: best moving-average pseudo Dice %.4f (epoch %d)", self.log.best_ema_dice, self.log.best_epoch)
+                else:
+                    logger.info("training done (no validation Dice, so no best checkpoint)")
+                self.model.eval()
+                self.task.after_training(self.model, self.run_folder, self.device)
+        finally:
+            if writer is not None:
+                writer.close()
+        return TrainingResult(self.run_folder, self.epoch, self.log.best_ema_dice, final, self.log, report, self.model)
+
+    def _run_epoch(self, train_loader: BatchLoader, val_loader: BatchLoader | None, writer: ProgressWriter | None) -> None:
+        config = self.config
+        started = time.perf_counter()
+        self.train_model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        bar = tqdm(
+            range(config.iterations_per_epoch),
+            desc=f"epoch {self.epoch}",
+            disable=not (config.progress_bar and self.context.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
+        lr = learning_rate(config, self.schedule.iteration)  # logged per epoch: the rate it started with
+        for _ in bar:
+            step_lr = self.schedule.apply()
+            loss = self._train_step(next(train_loader))
+            self.schedule.step()
+            loss_sum += loss.double()
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step_lr:.2g}")
+        bar.close()
+        distributed.all_reduce_sum(loss_sum)
+        train_loss = float(loss_sum) / (config.iterations_per_epoch * self.context.world_size)
+        val_loss, dice = self._validate(val_loader)
+        is_best = self.log.append(self.epoch, train_loss, val_loss, dice, lr, time.perf_counter() - started, config.dice_ema)
+        self.epoch += 1
+        if not self.context.is_main or writer is None:
+            return
+        logger.info("%s", format_epoch(self.log))
+        if is_best:
+            self._save("best")
+            logger.info("new best moving-average pseudo Dice: %.4f", self.log.best_ema_dice)
+        if self.epoch % config.checkpoint_every == 0 or self.epoch == config.num_epochs:
+            self._save("latest")
+        writer.write(self.log, plot=self.epoch % config.plot_every == 0 or self.epoch == config.num_epochs)
