@@ -117,6 +117,23 @@ def test_continue_predicts_only_what_is_missing_and_leaves_finished_files_alone(
     assert (tmp_path / "out" / "case_001.mha").is_file()
 
 
+def test_parts_split_a_folder_between_jobs_without_overlap(setup, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    for index in range(3):
+        shutil.copyfile(setup.raw_folder / "imagesTr" / "case_000_0000.nii.gz", images / f"scan{index}_0000.nii.gz")
+    predicted = []
+    for part in (0, 1):
+        output = tmp_path / f"part{part}"
+        args = ["-i", images, "-o", output, "-d", "4", "-c", "3d_fullres", "-f", "0", "--disable-tta", "-np", "0"]
+        code, out, err = run([*args, "--part", part, "--num-parts", 2], capsys)
+        assert code == 0, err
+        predicted.append(sorted(p.name for p in output.iterdir()))
+    assert predicted == [["scan0.nii.gz", "scan2.nii.gz"], ["scan1.nii.gz"]]
+    code, _, err = run(["-i", images, "-o", tmp_path / "x", "-d", "4", "-c", "3d_fullres", "--part", 2, "--num-parts", 2], capsys)
+    assert code == 2 and "--part must be between 0 and 1 (--num-parts 2), got 2" in err
+
+
 def test_options_reach_the_predictor(setup, tmp_path, capsys, monkeypatch):
     seen = {}
     original = Predictor.from_model_folder.__func__

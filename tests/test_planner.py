@@ -97,6 +97,17 @@ def test_cpu_plans_are_much_cheaper_than_gpu_plans():
     assert cpu_cost < gpu_cost / 10
 
 
+def test_cpu_small_target_is_a_tenth_of_the_cpu_budget_at_quarter_width():
+    spacings, shapes = [[1.0, 0.8, 0.8]] * 10, [[200, 400, 400]] * 10
+    cpu = plan(fingerprint(spacings, shapes), compute_target="cpu", lowres=False).configuration("3d_fullres")
+    small = plan(fingerprint(spacings, shapes), compute_target="cpu_small", lowres=False).configuration("3d_fullres")
+    assert small.network.feature_channels[0] == 8 and max(small.network.feature_channels) <= 64
+    small_cost = measure_cost(small.network, small.patch_size, 1, 3).training_gflop(small.batch_size)
+    cpu_cost = measure_cost(cpu.network, cpu.patch_size, 1, 3).training_gflop(cpu.batch_size)
+    assert small_cost <= 6.0 and small_cost < cpu_cost / 5
+    assert small.batch_size >= 2 and all(p >= 16 for p in small.patch_size)
+
+
 def test_multichannel_brain_mr_uses_masked_zscore_per_channel():
     fp = fingerprint([[1.0, 1.0, 1.0]] * 10, [[140, 170, 140]] * 10, channels=("T1", "T1c", "T2", "FLAIR"), crop_ratio=0.5)
     plans = plan(fp, dataset_json(("T1", "T1c", "T2", "FLAIR"), num_labels=3), lowres=False)

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with the class probabilities")
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs exist (resume an interrupted run)")
+    parser.add_argument("--part", type=int, default=0,
+                        help="with --num-parts: predict only this share (0-based) of the cases, to split a folder over jobs")
+    parser.add_argument("--num-parts", type=int, default=1, help="number of jobs sharing the input folder (default: 1)")
     parser.add_argument("-np", "--num-workers", type=int, default=None,
                         help="preprocessing processes running ahead of the network; 0: none "
                         "(default: 2 with a GPU, 0 on the CPU, where the network already uses every core)")
@@ -66,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder, folds=args.folds, checkpoint=args.checkpoint, device=args.device, step_fraction=args.step,
             use_mirroring=not args.disable_tta, num_workers=args.num_workers,
         )
-        summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing)
+        summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing, args.part, args.num_parts)
         skipped = f", {len(summary.skipped)} skipped (already there)" if summary.skipped else ""
         print(f"{len(summary.predicted)} case(s) predicted{skipped} in {summary.seconds:.1f} s -> {summary.output_folder}")
 

@@ -50,7 +50,7 @@ class DemoSettings:
 
     sizes: DemoDatasetSizes = field(default_factory=DemoDatasetSizes)
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = 2  # 0: training data made in the main process; per-case stages use one process
     device: str | None = None
     pretrain_iterations: int = PRETRAIN_ITERATIONS
     train_epochs: int = TRAIN_EPOCHS
@@ -105,7 +105,7 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
             PlanAndPreprocessRequest(
                 dataset=str(DEMO_DATASET_ID),
                 options=PlannerOptions(compute_target=settings.compute_target, lowres=False),
-                num_workers=settings.num_workers,
+                num_workers=max(1, settings.num_workers),
             )
         ),
     )
@@ -125,7 +125,7 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
                 iterations=settings.pretrain_iterations,
                 overrides=[f"num_workers={settings.num_workers}", f"val_iterations={VALIDATION_ITERATIONS}"],
                 device=settings.device,
-                preprocess_workers=settings.num_workers,
+                preprocess_workers=max(1, settings.num_workers),
             )
         )),
     )
@@ -158,7 +158,7 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
 
     def evaluate_both() -> dict[str, dict[str, Any]]:
         return {
-            variant: evaluate_folder(raw_folder / TEST_LABELS_FOLDER, folder, plans_labels(raw_folder), num_workers=settings.num_workers)
+            variant: evaluate_folder(raw_folder / TEST_LABELS_FOLDER, folder, plans_labels(raw_folder), num_workers=max(1, settings.num_workers))
             for variant, folder in outputs.items()
         }
 

@@ -128,6 +128,17 @@ def _writable_array(data: np.ndarray) -> np.ndarray:
     return data if data.flags.writeable and data.flags.c_contiguous else np.array(data, dtype=np.float32, order="C")
 
 
+def select_part(cases: Sequence[T], part: int, num_parts: int) -> list[T]:
+    """Share ``part`` (0-based) of ``num_parts`` of the sorted cases: every ``num_parts``-th case
+    from index ``part``. Jobs started with the same folder and ``num_parts`` and parts
+    0..num_parts-1 predict every case exactly once, with no coordination between them."""
+    if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+        raise VolfnetError(f"--num-parts must be a positive integer, got {num_parts!r}")
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
+        raise VolfnetError(f"--part must be between 0 and {num_parts - 1} (--num-parts {num_parts}), got {part!r}")
+    return list(cases[part::num_parts])
+
+
 class Predictor:
     """Predicts label maps with one or more trained networks (folds, averaged).
 
@@ -303,18 +314,22 @@ class Predictor:
 
     # --- many cases ---------------------------------------------------------------------------
 
-    def predict(self, input_path: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False) -> PredictionSummary:
+    def predict(
+        self, input_path: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False,
+        part: int = 0, num_parts: int = 1,
+    ) -> PredictionSummary:
         """Predict a folder (see :meth:`predict_folder`) or a single image file into ``output_folder``."""
         input_path = Path(input_path)
         if input_path.is_dir():
-            return self.predict_folder(input_path, output_folder, save_probabilities, skip_existing)
+            return self.predict_folder(input_path, output_folder, save_probabilities, skip_existing, part, num_parts)
         case = single_file_case(input_path, self.num_input_channels)
         if case.output_file(output_folder).resolve() == input_path.resolve():
             raise VolfnetError(f"{input_path}: the output would overwrite the input image; choose another output folder")
-        return self._predict_cases([case], Path(output_folder), save_probabilities, skip_existing)
+        return self._predict_cases(select_part([case], part, num_parts), Path(output_folder), save_probabilities, skip_existing)
 
     def predict_folder(
-        self, input_folder: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False
+        self, input_folder: Path, output_folder: Path, save_probabilities: bool = False, skip_existing: bool = False,
+        part: int = 0, num_parts: int = 1,
     ) -> PredictionSummary:
         """Predict every case of ``input_folder`` into ``output_folder/<case><ending>``.
 
@@ -322,12 +337,14 @@ class Predictor:
         models) freely named files; see :func:`volfnet.inference.inputs.find_input_cases`.
         Outputs keep the input's ending. A case that cannot be read or preprocessed does not
         stop the others: all such problems are raised together at the end, after the other
-        cases are written. ``skip_existing`` skips cases whose outputs exist.
+        cases are written. ``skip_existing`` skips cases whose outputs exist. ``part`` of
+        ``num_parts`` predicts only that share of the cases (see :func:`select_part`), so
+        several jobs can split one folder between them.
         """
         input_folder, output_folder = Path(input_folder), Path(output_folder)
         if output_folder.resolve() == input_folder.resolve():
             raise VolfnetError(f"{output_folder}: the output folder is the input folder; predictions would mix with the images")
-        cases = find_input_cases(input_folder, self.num_input_channels)
+        cases = select_part(find_input_cases(input_folder, self.num_input_channels), part, num_parts)
         return self._predict_cases(cases, output_folder, save_probabilities, skip_existing)
 
     def predict_cached_cases(
