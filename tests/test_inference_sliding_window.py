@@ -20,7 +20,7 @@ from volfnet.inference.sliding_window import (
     tile_starts,
 )
 from volfnet.inference.tiling import pad_to_patch
-from volfnet.inference.tta import mirror_combinations
+from volfnet.inference.tta import min_forward_batch, mirror_combinations, summed_logits
 
 CPU_ONLY = {"device": "cpu"}
 
@@ -309,3 +309,34 @@ def test_accumulation_memory_of_a_large_ct_fits_24_gb():
         needed = accumulation_bytes((400, 512, 512), classes) + voxels * 4  # + one-channel input
         assert needed < 24 * 1024**3
     assert accumulation_bytes((400, 512, 512), 14) / 1e9 == pytest.approx(6.29, abs=0.01)
+
+
+def test_grouped_mirror_passes_give_the_same_sum_in_fewer_forward_passes():
+    """Passes grouped to a minimum batch agree with one pass each, for 1 and 3 tiles and two networks."""
+    nets = [Recorder(seeded_conv(2, 3, 3, seed=s)) for s in (20, 21)]
+    combinations = mirror_combinations((0, 1, 2))
+    for tiles, min_batch, calls in ((1, 2, 4), (1, 3, 3), (3, 2, 8), (1, 1, 8)):
+        batch = torch.randn(tiles, 2, 6, 6, 6, generator=torch.Generator().manual_seed(tiles))
+        for net in nets:
+            net.shapes.clear()
+        with torch.no_grad():
+            grouped = summed_logits(nets, batch, combinations, min_batch)
+            expected = sum(
+                torch.flip(net.inner(torch.flip(batch, [2 + a for a in axes])), [2 + a for a in axes]) for net in nets for axes in combinations
+            )
+        assert grouped.shape == (tiles, 3, 6, 6, 6)
+        assert len(nets[0].shapes) == calls and all(shape[0] >= min_batch for shape in nets[0].shapes)
+        torch.testing.assert_close(grouped, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_only_narrow_networks_on_the_cpu_batch_their_passes():
+    assert min_forward_batch(torch.device("cpu"), 8) == 2 and min_forward_batch(torch.device("cpu"), 16) == 2
+    assert min_forward_batch(torch.device("cpu"), 32) == 1 and min_forward_batch(torch.device("cuda"), 8) == 1
+
+
+def test_a_lone_pass_of_a_narrow_network_runs_on_copies_with_the_same_result():
+    net = Recorder(seeded_conv(2, 4, 3, seed=3))
+    image = random_image((8, 12, 16))
+    result = predict_sliding_window(net, image, (8, 12, 16), 4, mirror_axes=None, min_forward_batch=2, **CPU_ONLY)
+    assert net.shapes == [(2, 2, 8, 12, 16)]
+    torch.testing.assert_close(result, direct(net.inner, image), atol=1e-5, rtol=1e-5)

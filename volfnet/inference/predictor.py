@@ -55,6 +55,7 @@ from volfnet.inference.inputs import (
     single_file_case,
 )
 from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE_BATCH_SIZE, predict_sliding_window
+from volfnet.inference.tta import min_forward_batch
 from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
 from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
@@ -261,6 +262,7 @@ class Predictor:
                 self.networks, image, self.patch_size, self.num_classes,
                 step_fraction=self.step_fraction, mirror_axes=self.mirror_axes, tile_batch_size=self.tile_batch_size,
                 device=self.device, amp=self.amp,
+                min_forward_batch=min_forward_batch(self.device, self.configuration.network.feature_channels[0]),
             )
 
     def _to_original(self, holder: list[torch.Tensor], properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:

@@ -123,6 +123,7 @@ def _accumulate(
     accumulate: torch.device,
     amp: bool,
     progress: bool,
+    min_forward_batch: int = 1,
 ) -> torch.Tensor:
     """Blend all tiles of an image at least patch-sized into one (classes, *spatial) tensor."""
     spatial = tuple(image.shape[1:])
@@ -160,7 +161,7 @@ def _accumulate(
                 staging[slot].copy_(source[(slice(None), *window)])
             batch = staging[: len(chunk)].to(compute, non_blocking=True)
             with torch.autocast(device_type=compute.type, dtype=torch.float16, enabled=amp):
-                predicted = summed_logits(networks, batch, combinations)
+                predicted = summed_logits(networks, batch, combinations, min_forward_batch)
             _check_output(predicted, len(chunk), num_classes, patch)
             predicted = predicted.to(accumulate)  # blocking: see the staging buffer above
             for tile, window in zip(predicted, chunk):
@@ -184,6 +185,7 @@ def predict_sliding_window(
     amp: bool | None = None,
     progress: bool = False,
     output_device: torch.device | str | None = "cpu",
+    min_forward_batch: int = 1,
 ) -> torch.Tensor:
     """Float32 (num_classes, Z, Y, X) logits for a preprocessed (C, Z, Y, X) image.
 
@@ -201,6 +203,8 @@ def predict_sliding_window(
       falls back to the CPU (with a warning) if the GPU runs out of memory; a device forces it.
     - ``amp``: float16 autocast, default on for CUDA, never used on the CPU.
     - ``output_device``: where the result is returned (``None``: where it was accumulated).
+    - ``min_forward_batch``: mirror passes share a forward pass until it holds this many
+      samples (:func:`volfnet.inference.tta.min_forward_batch`: 2 for narrow networks on the CPU).
     """
     networks = [network] if isinstance(network, nn.Module) else list(network)
     if not networks:
@@ -229,7 +233,7 @@ def predict_sliding_window(
             try:
                 logits = _accumulate(
                     networks, padded, patch, num_classes, step_fraction, use_gaussian, combinations,
-                    tile_batch_size, compute, accumulate, use_amp, progress,
+                    tile_batch_size, compute, accumulate, use_amp, progress, min_forward_batch,
                 )
                 break
             except torch.OutOfMemoryError:
