@@ -1,0 +1,197 @@
+"""MSD Hippocampus end to end with the documented commands: scratch vs VolF-pretrained at two
+label budgets, scored on cases held out from every training run.
+
+    python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
+        [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 600] [--iterations 800]
+
+Stages, each a console command run as a user would type it (printed, timed, logged):
+
+1. ``volfnet_convert_msd`` and ``volfnet_plan_and_preprocess`` for the compute target;
+2. a ``splits.json`` (nnU-Net's user-editable format) whose folds share one held-out set:
+   fold 0 trains on every other labelled case, fold 1 on a seeded subset of ``--small`` cases;
+3. ``volfnet_pretrain`` on every image of the dataset (labels unused);
+4. ``volfnet_train`` for fold 0 and fold 1, each from scratch and fine-tuned, the same number
+   of iterations for all four runs;
+5. ``volfnet_predict`` of the held-out images with each model and ``volfnet_evaluate``.
+
+Everything goes under ``--work`` (default ``benchmarks/_work/hippocampus``); a rerun skips
+stages whose outputs exist, so an interrupted benchmark resumes. The results (Dice and HD95
+per class, seconds per stage, the exact commands) are written to ``results.json`` and
+``results.md`` there. With ``--target gpu8`` and no ``--patch-size`` it runs the full-size
+recipe on a GPU (give it nnU-Net-like budgets, e.g. ``--iterations 250000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from volfnet.preprocessing.case_store import list_preprocessed_cases
+
+HERE = Path(__file__).resolve().parent
+REPOSITORY = HERE.parents[1]
+DATASET = "Dataset004_Hippocampus"
+CONFIGURATION = "3d_fullres"
+LABEL_NAMES = {"1": "anterior", "2": "posterior"}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--msd", type=Path, default=REPOSITORY.parent / "shared" / "data" / "Task04_Hippocampus")
+    parser.add_argument("--work", type=Path, default=REPOSITORY / "benchmarks" / "_work" / "hippocampus")
+    parser.add_argument("--target", default="cpu_small", help="compute target of the plans (default cpu_small)")
+    parser.add_argument("--patch-size", type=int, nargs=3, default=[40, 56, 40], help="patch override; 0 0 0: the planner's choice")
+    parser.add_argument("--held-out", type=int, default=40, help="labelled cases kept out of every training run")
+    parser.add_argument("--small", type=int, default=10, help="labelled cases of the small label budget")
+    parser.add_argument("--pretrain-iterations", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=800, help="training iterations of each of the four runs")
+    parser.add_argument("--iterations-per-epoch", type=int, default=100)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out and small-budget case choice")
+    return parser.parse_args()
+
+
+class Runner:
+    """Runs console commands with the benchmark's data roots, logging command and time."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.env = dict(os.environ)
+        for name in ("raw", "preprocessed", "results"):
+            self.env[f"VOLFNET_{name}"] = str(work / name)
+        self.log = work / "commands.log"
+        self.stages: list[dict] = []
+
+    def run(self, name: str, command: list[str], done: Path | None = None) -> None:
+        text = shlex.join(command)
+        if done is not None and done.exists():
+            print(f"[skip] {name}: {done} exists", flush=True)
+            self.stages.append({"stage": name, "command": text, "seconds": None})
+            return
+        print(f"[run] {name}: {text}", flush=True)
+        start = time.perf_counter()
+        with open(self.log, "a") as log:
+            log.write(f"\n$ {text}\n")
+            log.flush()
+            subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        seconds = time.perf_counter() - start
+        print(f"      {seconds:.0f} s", flush=True)
+        self.stages.append({"stage": name, "command": text, "seconds": round(seconds, 1)})
+
+
+def write_splits(preprocessed: Path, held_out: int, small: int, seed: int) -> dict[str, list[str]]:
+    """Fold 0: all but the held-out cases; fold 1: ``small`` of them; both validate on the held-out set."""
+    cases = list_preprocessed_cases(preprocessed / DATASET / CONFIGURATION)
+    rng = np.random.default_rng(seed)
+    order = [cases[i] for i in rng.permutation(len(cases))]
+    test, train = sorted(order[:held_out]), order[held_out:]
+    subset = sorted(train[:small])
+    splits = [{"train": sorted(train), "val": test}, {"train": subset, "val": test}]
+    path = preprocessed / DATASET / "splits.json"
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != splits:
+            raise SystemExit(f"{path} exists with other folds; remove it (and the results) to rerun with these settings")
+    path.write_text(json.dumps(splits, indent=1))
+    return {"train": sorted(train), "small": subset, "test": test}
+
+
+def link_held_out(raw: Path, test: list[str], folder: Path) -> tuple[Path, Path]:
+    """imagesHeldOut/ and labelsHeldOut/ with links to the held-out raw files."""
+    images, labels = folder / "imagesHeldOut", folder / "labelsHeldOut"
+    for target in (images, labels):
+        target.mkdir(parents=True, exist_ok=True)
+    for case in test:
+        for source, link in (
+            (raw / DATASET / "imagesTr" / f"{case}_0000.nii.gz", images / f"{case}_0000.nii.gz"),
+            (raw / DATASET / "labelsTr" / f"{case}.nii.gz", labels / f"{case}.nii.gz"),
+        ):
+            if not link.exists():
+                link.symlink_to(source)
+    return images, labels
+
+
+def main() -> None:
+    args = parse_args()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    runner = Runner(work)
+    raw, preprocessed, results = (work / n for n in ("raw", "preprocessed", "results"))
+    runner.run("convert", ["volfnet_convert_msd", "-i", str(args.msd), "-d", "4"], done=raw / DATASET / "dataset.json")
+    plan = ["volfnet_plan_and_preprocess", "-d", "4", "--target", args.target, "-np", str(args.workers)]
+    if any(args.patch_size):
+        plan += ["--patch-size", *map(str, args.patch_size)]
+    runner.run("plan_and_preprocess", plan, done=preprocessed / DATASET / "plans.json")
+    cases = write_splits(preprocessed, args.held_out, args.small, args.seed)
+    plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
+    network = plans["configurations"][CONFIGURATION]["network"]["name"]
+    model = results / DATASET / f"{network}__{CONFIGURATION}"
+    runner.run(
+        "pretrain",
+        ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
+         "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"],
+        done=model / "pretrain" / "checkpoint_final.pt",
+    )
+    epochs = max(1, args.iterations // args.iterations_per_epoch)
+    settings = ["--set", f"num_epochs={epochs}", "--set", f"iterations_per_epoch={args.iterations_per_epoch}",
+                "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
+    images, labels = link_held_out(raw, cases["test"], work)
+    runs = {}
+    for fold, budget in ((0, "all"), (1, str(args.small))):
+        for variant in ("scratch", "volf"):
+            tag = f"{budget}_{variant}"
+            folder = model.with_name(f"{model.name}__{tag}")
+            command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device, *settings]
+            if variant == "volf":
+                command += ["--pretrained", str(model / "pretrain" / "checkpoint_final.pt")]
+            runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
+            predictions = work / "predictions" / tag
+            runner.run(
+                f"predict {tag}",
+                ["volfnet_predict", "-i", str(images), "-o", str(predictions), "-m", str(folder), "-f", str(fold),
+                 "--device", args.device, "--continue"],
+                done=predictions / f"{cases['test'][-1]}.nii.gz",
+            )
+            runner.run(f"evaluate {tag}", ["volfnet_evaluate", str(labels), str(predictions), "-d", "4"], done=predictions / "summary.json")
+            summary = json.loads((predictions / "summary.json").read_text())
+            runs[tag] = {
+                "labelled_cases": len(cases["train"]) if budget == "all" else args.small,
+                "pretrained": variant == "volf",
+                "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
+                "hd95": {name: summary["mean"][label]["HD95"] for label, name in LABEL_NAMES.items()},
+                "mean_dice": summary["foreground_mean"]["Dice"],
+            }
+    report = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}",
+        "target": args.target, "patch_size": plans["configurations"][CONFIGURATION]["patch_size"],
+        "network": plans["configurations"][CONFIGURATION]["network"],
+        "held_out_cases": len(cases["test"]), "pretrain_iterations": args.pretrain_iterations,
+        "iterations_per_run": epochs * args.iterations_per_epoch, "runs": runs, "stages": runner.stages,
+    }
+    (work / "results.json").write_text(json.dumps(report, indent=1))
+    lines = ["| labelled cases | initialisation | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for run in runs.values():
+        lines.append(
+            f"| {run['labelled_cases']} | {'VolF-pretrained' if run['pretrained'] else 'scratch'} | "
+            f"{run['dice']['anterior']:.3f} | {run['dice']['posterior']:.3f} | {run['mean_dice']:.3f} | "
+            f"{run['hd95']['anterior']:.2f} | {run['hd95']['posterior']:.2f} |"
+        )
+    lines += ["", "| stage | seconds | command |", "|---|---:|---|"]
+    lines += [f"| {s['stage']} | {s['seconds'] if s['seconds'] is not None else 'skipped'} | `{s['command']}` |" for s in runner.stages]
+    (work / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
