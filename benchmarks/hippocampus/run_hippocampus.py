@@ -2,7 +2,7 @@
 label budgets, scored on cases held out from every training run.
 
     python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
-        [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 600] [--iterations 800]
+        [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 600] [--iterations 1500 --iterations-all 1000]
 
 Stages, each a console command run as a user would type it (printed, timed, logged):
 
@@ -53,7 +53,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--held-out", type=int, default=40, help="labelled cases kept out of every training run")
     parser.add_argument("--small", type=int, default=10, help="labelled cases of the small label budget")
     parser.add_argument("--pretrain-iterations", type=int, default=600)
-    parser.add_argument("--iterations", type=int, default=800, help="training iterations of each of the four runs")
+    parser.add_argument("--iterations", type=int, default=1500, help="training iterations of the two small-budget runs")
+    parser.add_argument("--iterations-all", type=int, default=None,
+                        help="iterations of the two runs with every training case (default: --iterations)")
     parser.add_argument("--iterations-per-epoch", type=int, default=100)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
@@ -70,13 +72,15 @@ class Runner:
         for name in ("raw", "preprocessed", "results"):
             self.env[f"VOLFNET_{name}"] = str(work / name)
         self.log = work / "commands.log"
+        self.times_file = work / "stage_seconds.json"  # kept across reruns: skipped stages keep their time
+        self.times: dict[str, float] = json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
         self.stages: list[dict] = []
 
     def run(self, name: str, command: list[str], done: Path | None = None) -> None:
         text = shlex.join(command)
         if done is not None and done.exists():
             print(f"[skip] {name}: {done} exists", flush=True)
-            self.stages.append({"stage": name, "command": text, "seconds": None})
+            self.stages.append({"stage": name, "command": text, "seconds": self.times.get(name)})
             return
         print(f"[run] {name}: {text}", flush=True)
         start = time.perf_counter()
@@ -86,7 +90,9 @@ class Runner:
             subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, check=True)
         seconds = time.perf_counter() - start
         print(f"      {seconds:.0f} s", flush=True)
-        self.stages.append({"stage": name, "command": text, "seconds": round(seconds, 1)})
+        self.times[name] = round(seconds, 1)
+        self.times_file.write_text(json.dumps(self.times, indent=1))
+        self.stages.append({"stage": name, "command": text, "seconds": self.times[name]})
 
 
 def write_splits(preprocessed: Path, held_out: int, small: int, seed: int) -> dict[str, list[str]]:
@@ -142,16 +148,18 @@ def main() -> None:
          "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"],
         done=model / "pretrain" / "checkpoint_final.pt",
     )
-    epochs = max(1, args.iterations // args.iterations_per_epoch)
-    settings = ["--set", f"num_epochs={epochs}", "--set", f"iterations_per_epoch={args.iterations_per_epoch}",
-                "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
+    common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
+    iterations = {"small": args.iterations, "all": args.iterations_all or args.iterations}
+    epochs = {key: max(1, value // args.iterations_per_epoch) for key, value in iterations.items()}
     images, labels = link_held_out(raw, cases["test"], work)
     runs = {}
-    for fold, budget in ((0, "all"), (1, str(args.small))):
+    for fold, budget in ((1, str(args.small)), (0, "all")):  # the small budget first: where pretraining matters most
         for variant in ("scratch", "volf"):
             tag = f"{budget}_{variant}"
             folder = model.with_name(f"{model.name}__{tag}")
-            command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device, *settings]
+            key = "all" if budget == "all" else "small"
+            command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
+                       "--set", f"num_epochs={epochs[key]}", *common]
             if variant == "volf":
                 command += ["--pretrained", str(model / "pretrain" / "checkpoint_final.pt")]
             runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
@@ -167,6 +175,7 @@ def main() -> None:
             runs[tag] = {
                 "labelled_cases": len(cases["train"]) if budget == "all" else args.small,
                 "pretrained": variant == "volf",
+                "iterations": epochs[key] * args.iterations_per_epoch,
                 "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
                 "hd95": {name: summary["mean"][label]["HD95"] for label, name in LABEL_NAMES.items()},
                 "mean_dice": summary["foreground_mean"]["Dice"],
@@ -176,19 +185,19 @@ def main() -> None:
         "target": args.target, "patch_size": plans["configurations"][CONFIGURATION]["patch_size"],
         "network": plans["configurations"][CONFIGURATION]["network"],
         "held_out_cases": len(cases["test"]), "pretrain_iterations": args.pretrain_iterations,
-        "iterations_per_run": epochs * args.iterations_per_epoch, "runs": runs, "stages": runner.stages,
+        "runs": runs, "stages": runner.stages,
     }
     (work / "results.json").write_text(json.dumps(report, indent=1))
-    lines = ["| labelled cases | initialisation | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| labelled cases | initialisation | iterations | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in runs.values():
         lines.append(
-            f"| {run['labelled_cases']} | {'VolF-pretrained' if run['pretrained'] else 'scratch'} | "
+            f"| {run['labelled_cases']} | {'VolF-pretrained' if run['pretrained'] else 'scratch'} | {run['iterations']} | "
             f"{run['dice']['anterior']:.3f} | {run['dice']['posterior']:.3f} | {run['mean_dice']:.3f} | "
             f"{run['hd95']['anterior']:.2f} | {run['hd95']['posterior']:.2f} |"
         )
     lines += ["", "| stage | seconds | command |", "|---|---:|---|"]
-    lines += [f"| {s['stage']} | {s['seconds'] if s['seconds'] is not None else 'skipped'} | `{s['command']}` |" for s in runner.stages]
+    lines += [f"| {s['stage']} | {s['seconds'] if s['seconds'] is not None else 'not recorded'} | `{s['command']}` |" for s in runner.stages]
     (work / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
