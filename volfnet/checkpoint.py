@@ -24,7 +24,7 @@ import torch
 from volfnet import __version__
 from volfnet.errors import VolfnetError
 from volfnet.io.files import atomic_path
-from volfnet.plans import ChannelNormalization, NetworkTopology, _build
+from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans, _build
 
 CHECKPOINT_FORMAT = "volfnet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -45,6 +45,28 @@ class CheckpointSpec:
     dataset_name: str = ""
     configuration: str = ""
     labels: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_plans(
+        cls, kind: str, plans: Plans, configuration: str, plan: ConfigurationPlan, num_input_channels: int,
+        num_classes: int, labels: dict[str, int],
+    ) -> CheckpointSpec:
+        """The spec of a network trained with ``plan`` (``configuration`` of ``plans``, possibly
+        with another patch or network): its patch, spacing, normalisation and transpose, so the
+        checkpoint alone says how to feed it."""
+        return cls(
+            kind=kind,
+            network=plan.network,
+            num_input_channels=num_input_channels,
+            num_classes=num_classes,
+            patch_size=list(plan.patch_size),
+            spacing=list(plan.spacing),
+            normalization=list(plan.normalization),
+            transpose_forward=list(plans.transpose_forward),
+            dataset_name=plans.dataset_name,
+            configuration=configuration,
+            labels=labels,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -132,7 +132,7 @@ def assemble_fingerprint(results: list[CaseFingerprint], channel_names: dict[int
         total = pooled.size
         per_channel.append(IntensityStatistics.of(pooled))
     if total == 0:
-        logger.warning("no foreground voxels in any label map: CT normalisation statistics are placeholders")
+        logger.warning("no foreground voxels in any label map: CT normalisation statistics are computed from no voxels and carry no information")
     return Fingerprint(
         case_ids=[r[0] for r in results],
         spacings=[list(r[1]) for r in results],

@@ -139,18 +139,8 @@ class VolFPretrainingTask:
         return self.plan.batch_size
 
     def spec(self) -> CheckpointSpec:
-        return CheckpointSpec(
-            kind=self.kind,
-            network=self.topology,
-            num_input_channels=PRETRAINING_INPUT_CHANNELS,
-            num_classes=self.num_classes,
-            patch_size=list(self.plan.patch_size),
-            spacing=list(self.plan.spacing),
-            normalization=list(self.plan.normalization),
-            transpose_forward=list(self.plans.transpose_forward),
-            dataset_name=self.plans.dataset_name,
-            configuration=self.configuration_name,
-            labels=fusion_level_labels(self.num_classes),
+        return CheckpointSpec.from_plans(
+            self.kind, self.plans, self.configuration_name, self.plan, PRETRAINING_INPUT_CHANNELS, self.num_classes, fusion_level_labels(self.num_classes)
         )
 
     def build_network(self) -> nn.Module:

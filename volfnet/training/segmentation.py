@@ -116,18 +116,8 @@ class SegmentationTask:
         self._loss = segmentation_loss(self.num_outputs, self.loss_config)
 
     def spec(self) -> CheckpointSpec:
-        return CheckpointSpec(
-            kind=self.kind,
-            network=self.plan.network,
-            num_input_channels=self.plans.num_input_channels,
-            num_classes=self.num_classes,
-            patch_size=list(self.plan.patch_size),
-            spacing=list(self.plan.spacing),
-            normalization=list(self.plan.normalization),
-            transpose_forward=list(self.plans.transpose_forward),
-            dataset_name=self.plans.dataset_name,
-            configuration=self.configuration_name,
-            labels=dict(self.dataset_json.labels),
+        return CheckpointSpec.from_plans(
+            self.kind, self.plans, self.configuration_name, self.plan, self.plans.num_input_channels, self.num_classes, dict(self.dataset_json.labels)
         )
 
     def build_network(self) -> nn.Module:
