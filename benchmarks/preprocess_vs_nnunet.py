@@ -21,20 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import measure  # noqa: E402
+from nnunet_env import ensure_nnunet_venv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-NNUNET_ENV = HERE / "_envs" / "nnunet"
-
-
-def ensure_nnunet() -> Path:
-    bin_dir = NNUNET_ENV / "bin"
-    if not (bin_dir / "nnUNetv2_plan_and_preprocess").exists():
-        print("installing nnunetv2 into", NNUNET_ENV, flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(NNUNET_ENV)], check=True)
-        # torch pinned: that release installs from local disk; an unpinned one downloads GBs.
-        subprocess.run([str(bin_dir / "pip"), "install", "-q", "torch==2.13.0", "nnunetv2"], check=True)
-    return bin_dir
 
 
 def run_checked(command: list[str], env: dict[str, str]) -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.msd.is_dir():
         raise SystemExit(f"MSD folder {args.msd} not found")
-    nnunet_bin = ensure_nnunet()
+    nnunet_bin = ensure_nnunet_venv()
     work = args.work
     volfnet_env = {f"VOLFNET_{k}": str(work / "volfnet" / k) for k in ("raw", "preprocessed", "results")}
     nnunet_env = {f"nnUNet_{k}": str(work / "nnunet" / k) for k in ("raw", "preprocessed", "results")}

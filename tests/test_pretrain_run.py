@@ -17,7 +17,7 @@ from volfnet.networks.build import build_network
 from volfnet.plans import Plans
 from volfnet.training.initial_weights import load_initial_weights
 from volfnet.training.pretrain import PretrainRequest, prepare, resolve_topology
-from volfnet.training.pretrain_task import PREDICTION_COLUMNS, VolFPretrainingTask
+from volfnet.training.pretrain_task import VolFPretrainingTask
 from volfnet.volf.visualize import PANEL_PIXELS
 
 ITERATIONS = 80
@@ -102,7 +102,7 @@ def test_interrupted_run_resumes_with_c_and_keeps_its_validation_set(run):
     assert settings["volf"]["num_classes"] == 3 and settings["validation_samples"] == 16
     assert [p["name"] for p in settings["pool"]] == ["Dataset001_Noise/imagesTr", "Dataset001_Noise/imagesTs"]
     samples = imread(folder / "samples.png")
-    assert samples.shape[1] == len(PREDICTION_COLUMNS) * PANEL_PIXELS  # foreground ... prediction
+    assert samples.shape[1] == 5 * PANEL_PIXELS  # foreground, background, fused image, label, prediction
     for name in ("progress.png", "log.txt"):
         assert (folder / name).is_file()
     assert (folder.parent / "plans.json").is_file() and (folder.parent / "dataset.json").is_file()

@@ -34,3 +34,14 @@ def test_slice_positions_are_interior_and_sorted():
         slice_positions(10, 0)
     with pytest.raises(ValueError, match="at least one"):
         save_samples_png([], "unused.png", 5)
+
+
+def test_predictions_add_a_column_and_must_match_the_examples(tmp_path):
+    volume = np.random.default_rng(1).random((1, 20, 40, 40), dtype=np.float32)
+    config = VolFConfig(patch_size=[16, 32, 32])
+    examples = [fused_example(volume, config, np.random.default_rng(s)) for s in range(2)]
+    predictions = [example.label.copy() for example in examples]
+    path = save_samples_png(examples, tmp_path / "samples.png", config.num_classes, num_slices=2, predictions=predictions)
+    assert imread(path).shape[:2] == (2 * 2 * PANEL_PIXELS, (len(COLUMNS) + 1) * PANEL_PIXELS)
+    with pytest.raises(ValueError, match="one prediction per example"):
+        save_samples_png(examples, tmp_path / "other.png", config.num_classes, predictions=predictions[:1])

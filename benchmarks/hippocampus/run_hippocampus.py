@@ -2,7 +2,8 @@
 label budgets, scored on cases held out from every training run.
 
     python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
-        [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 600] [--iterations 1500 --iterations-all 1000]
+        [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 2000] [--iterations 400 --iterations-all 3000]
+        [--runs small_scratch small_volf all_scratch all_volf small_volfenc all_volfenc]
 
 Stages, each a console command run as a user would type it (printed, timed, logged):
 
@@ -10,15 +11,18 @@ Stages, each a console command run as a user would type it (printed, timed, logg
 2. a ``splits.json`` (nnU-Net's user-editable format) whose folds share one held-out set:
    fold 0 trains on every other labelled case, fold 1 on a seeded subset of ``--small`` cases;
 3. ``volfnet_pretrain`` on every image of the dataset (labels unused);
-4. ``volfnet_train`` for fold 0 and fold 1, each from scratch and fine-tuned, the same number
-   of iterations for all four runs;
+4. ``volfnet_train`` for fold 1 (``small``) and fold 0 (``all``), each from scratch and
+   fine-tuned with the same number of iterations (``--iterations`` for the small label budget,
+   ``--iterations-all`` for all cases); ``volfenc`` runs load only the pretrained encoder
+   (``--encoder-only``); ``--runs`` picks runs and their order, and the run folders carry
+   the budget in their tag (``10_volf_400it``) so budgets sit side by side;
 5. ``volfnet_predict`` of the held-out images with each model and ``volfnet_evaluate``.
 
 Everything goes under ``--work`` (default ``benchmarks/_work/hippocampus``); a rerun skips
 stages whose outputs exist, so an interrupted benchmark resumes. The results (Dice and HD95
 per class, seconds per stage, the exact commands) are written to ``results.json`` and
 ``results.md`` there. With ``--target gpu8`` and no ``--patch-size`` it runs the full-size
-recipe on a GPU (give it nnU-Net-like budgets, e.g. ``--iterations 250000``).
+recipe on a GPU (give it nnU-Net-like budgets; the command is in documentation/results.md).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ REPOSITORY = HERE.parents[1]
 DATASET = "Dataset004_Hippocampus"
 CONFIGURATION = "3d_fullres"
 LABEL_NAMES = {"1": "anterior", "2": "posterior"}
+# variants: scratch, volf (the whole pretrained network), volfenc (its encoder only, --encoder-only)
+RUN_NAMES = ("small_scratch", "small_volf", "all_scratch", "all_volf", "small_volfenc", "all_volfenc")
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,11 +58,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, nargs=3, default=[40, 56, 40], help="patch override; 0 0 0: the planner's choice")
     parser.add_argument("--held-out", type=int, default=40, help="labelled cases kept out of every training run")
     parser.add_argument("--small", type=int, default=10, help="labelled cases of the small label budget")
-    parser.add_argument("--pretrain-iterations", type=int, default=600)
-    parser.add_argument("--iterations", type=int, default=1500, help="training iterations of the two small-budget runs")
-    parser.add_argument("--iterations-all", type=int, default=None,
-                        help="iterations of the two runs with every training case (default: --iterations)")
+    parser.add_argument("--pretrain-iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=400, help="training iterations of the two small-budget runs")
+    parser.add_argument("--iterations-all", type=int, default=3000, help="iterations of the two runs with every training case")
     parser.add_argument("--iterations-per-epoch", type=int, default=100)
+    parser.add_argument("--runs", nargs="+", choices=RUN_NAMES, default=list(RUN_NAMES[:4]),
+                        help="runs to do, in this order (small: --small labelled cases; all: every training case)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out and small-budget case choice")
@@ -142,44 +149,44 @@ def main() -> None:
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     model = results / DATASET / f"{network}__{CONFIGURATION}"
-    runner.run(
-        "pretrain",
-        ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
-         "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"],
-        done=model / "pretrain" / "checkpoint_final.pt",
-    )
+    pretrain_command = ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
+                        "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
+    pretrained = model / "pretrain" / "checkpoint_final.pt"
     common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
-    iterations = {"small": args.iterations, "all": args.iterations_all or args.iterations}
+    iterations = {"small": args.iterations, "all": args.iterations_all}
     epochs = {key: max(1, value // args.iterations_per_epoch) for key, value in iterations.items()}
     images, labels = link_held_out(raw, cases["test"], work)
     runs = {}
-    for fold, budget in ((1, str(args.small)), (0, "all")):  # the small budget first: where pretraining matters most
-        for variant in ("scratch", "volf"):
-            tag = f"{budget}_{variant}"
-            folder = model.with_name(f"{model.name}__{tag}")
-            key = "all" if budget == "all" else "small"
-            command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
-                       "--set", f"num_epochs={epochs[key]}", *common]
-            if variant == "volf":
-                command += ["--pretrained", str(model / "pretrain" / "checkpoint_final.pt")]
-            runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
-            predictions = work / "predictions" / tag
-            runner.run(
-                f"predict {tag}",
-                ["volfnet_predict", "-i", str(images), "-o", str(predictions), "-m", str(folder), "-f", str(fold),
-                 "--device", args.device, "--continue"],
-                done=predictions / f"{cases['test'][-1]}.nii.gz",
-            )
-            runner.run(f"evaluate {tag}", ["volfnet_evaluate", str(labels), str(predictions), "-d", "4"], done=predictions / "summary.json")
-            summary = json.loads((predictions / "summary.json").read_text())
-            runs[tag] = {
-                "labelled_cases": len(cases["train"]) if budget == "all" else args.small,
-                "pretrained": variant == "volf",
-                "iterations": epochs[key] * args.iterations_per_epoch,
-                "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
-                "hd95": {name: summary["mean"][label]["HD95"] for label, name in LABEL_NAMES.items()},
-                "mean_dice": summary["foreground_mean"]["Dice"],
-            }
+    for run_name in args.runs:
+        key, variant = run_name.split("_")
+        fold, budget = (1, str(args.small)) if key == "small" else (0, "all")
+        if variant != "scratch" and "pretrain" not in {stage["stage"] for stage in runner.stages}:
+            runner.run("pretrain", pretrain_command, done=pretrained)  # only when a fine-tuned run asks for it
+        total = epochs[key] * args.iterations_per_epoch
+        tag = f"{budget}_{variant}_{total}it"
+        folder = model.with_name(f"{model.name}__{tag}")
+        command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
+                   "--set", f"num_epochs={epochs[key]}", *common]
+        if variant != "scratch":
+            command += ["--pretrained", str(pretrained)] + (["--encoder-only"] if variant == "volfenc" else [])
+        runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
+        predictions = work / "predictions" / tag
+        runner.run(
+            f"predict {tag}",
+            ["volfnet_predict", "-i", str(images), "-o", str(predictions), "-m", str(folder), "-f", str(fold),
+             "--device", args.device, "--continue"],
+            done=predictions / f"{cases['test'][-1]}.nii.gz",
+        )
+        runner.run(f"evaluate {tag}", ["volfnet_evaluate", str(labels), str(predictions), "-d", "4"], done=predictions / "summary.json")
+        summary = json.loads((predictions / "summary.json").read_text())
+        runs[tag] = {
+            "labelled_cases": len(cases["train"]) if key == "all" else args.small,
+            "initialisation": {"scratch": "scratch", "volf": "VolF-pretrained", "volfenc": "VolF-pretrained encoder"}[variant],
+            "iterations": total,
+            "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
+            "hd95": {name: summary["mean"][label]["HD95"] for label, name in LABEL_NAMES.items()},
+            "mean_dice": summary["foreground_mean"]["Dice"],
+        }
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}",
         "target": args.target, "patch_size": plans["configurations"][CONFIGURATION]["patch_size"],
@@ -192,7 +199,7 @@ def main() -> None:
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for run in runs.values():
         lines.append(
-            f"| {run['labelled_cases']} | {'VolF-pretrained' if run['pretrained'] else 'scratch'} | {run['iterations']} | "
+            f"| {run['labelled_cases']} | {run['initialisation']} | {run['iterations']} | "
             f"{run['dice']['anterior']:.3f} | {run['dice']['posterior']:.3f} | {run['mean_dice']:.3f} | "
             f"{run['hd95']['anterior']:.2f} | {run['hd95']['posterior']:.2f} |"
         )

@@ -33,7 +33,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _proctime import tree_cpu_seconds
+from nnunet_env import NNUNET_VENV as VENV
+from nnunet_env import ensure_nnunet_venv
 
 from volfnet.data.batches import training_producer
 from volfnet.data.loader import BatchLoader
@@ -48,11 +51,9 @@ from volfnet.preprocessing.case_store import (
 logger = logging.getLogger("benchmarks.data_pipeline")
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = ROOT / "benchmarks" / "_envs" / "nnunet"
 WORK = ROOT / "benchmarks" / "_work" / "data_pipeline"
 MSD_TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
 NNUNET_SIDE = Path(__file__).resolve().parent / "_nnunet_side.py"
-TORCH_PIN = "torch==2.13.0"  # always pinned: an unpinned torch pulls gigabytes of CUDA wheels
 SEED = 12345
 
 
@@ -71,9 +72,7 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def ensure_nnunet() -> Path:
     """The nnU-Net virtual environment and its preprocessed Hippocampus 3d_fullres folder."""
-    if not (VENV / "bin" / "nnUNetv2_plan_and_preprocess").exists():
-        run([sys.executable, "-m", "venv", str(VENV)])
-        run([str(VENV / "bin" / "pip"), "install", "-q", TORCH_PIN, "nnunetv2"])
+    ensure_nnunet_venv()
     dataset = WORK / "nnunet" / "preprocessed" / "Dataset004_Hippocampus"
     folder = dataset / "nnUNetPlans_3d_fullres"
     if not (dataset / "nnUNetPlans.json").exists() or not any(folder.glob("*.b2nd")):

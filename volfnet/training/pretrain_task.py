@@ -25,13 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from torch import nn
 
 from volfnet.checkpoint import CheckpointSpec
 from volfnet.errors import VolfnetError
-from volfnet.io.files import atomic_path
 from volfnet.networks.build import build_network_from_topology
 from volfnet.plans import ConfigurationPlan, NetworkTopology, Plans
 from volfnet.training.config import TrainerConfig, pretraining_defaults
@@ -50,7 +47,7 @@ from volfnet.training.pretrain_pool import VolumePool
 from volfnet.training.segmentation import count_outputs
 from volfnet.training.task import BatchProducerFn
 from volfnet.volf.config import VolFConfig
-from volfnet.volf.visualize import DPI, PANEL_PIXELS, slice_positions
+from volfnet.volf.visualize import save_samples_png
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +57,6 @@ SAMPLES_PNG = "samples.png"
 SAMPLES_EXAMPLES = 2  # fused samples in samples.png; 3 slices each
 SAMPLES_SLICES = 3
 SAMPLES_SEED_OFFSET = 104729  # the plotted samples come from their own stream
-PREDICTION_COLUMNS = ("foreground", "background", "fused image", "label", "prediction")
 
 
 def fusion_level_labels(num_classes: int) -> dict[str, int]:
@@ -193,38 +189,4 @@ def predict_examples(model: nn.Module, images: Sequence[np.ndarray], device: tor
 def write_prediction_samples(task: VolFPretrainingTask, model: nn.Module, path: Path, device: torch.device) -> Path:
     examples = sample_examples(task)
     predictions = predict_examples(model, [e.image for e in examples], device)
-    return save_prediction_png(examples, predictions, path, task.num_classes)
-
-
-def save_prediction_png(examples: Sequence, predictions: Sequence[np.ndarray], path: Path, num_classes: int, num_slices: int = SAMPLES_SLICES) -> Path:
-    """:func:`volfnet.volf.visualize.save_samples_png` plus a prediction column: rows are
-    (example, axial slice), columns foreground, background, fused image, label, prediction."""
-    if not examples or len(examples) != len(predictions):
-        raise ValueError(f"need one prediction per example, got {len(examples)} examples and {len(predictions)} predictions")
-    rows = len(examples) * num_slices
-    inches = PANEL_PIXELS / DPI
-    figure = Figure(figsize=(len(PREDICTION_COLUMNS) * inches, rows * inches), dpi=DPI)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, len(PREDICTION_COLUMNS), squeeze=False)
-    for index, (example, prediction) in enumerate(zip(examples, predictions)):
-        images = (example.foreground, example.background, example.image)
-        low, high = min(float(v.min()) for v in images), max(float(v.max()) for v in images)
-        if low >= 0.0 and high <= 1.0:
-            low, high = 0.0, 1.0
-        for offset, depth in enumerate(slice_positions(example.label.shape[0], num_slices)):
-            row = axes[index * num_slices + offset]
-            for axis, volume in zip(row[:3], images):
-                axis.imshow(volume[depth], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-            for axis, labels in zip(row[3:], (example.label, prediction)):
-                axis.imshow(labels[depth], cmap="viridis", vmin=0, vmax=num_classes - 1, interpolation="nearest")
-            row[0].set_ylabel(f"sample {index}, z={depth}", fontsize=7)
-    for column, title in enumerate(PREDICTION_COLUMNS):
-        axes[0, column].set_title(title, fontsize=8)
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.subplots_adjust(left=0.04, right=0.99, bottom=0.01, top=1 - 0.25 / rows, wspace=0.03, hspace=0.05)
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=DPI)
-    return path
+    return save_samples_png(examples, path, task.num_classes, SAMPLES_SLICES, predictions=predictions)

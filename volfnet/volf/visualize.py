@@ -1,7 +1,8 @@
 """``samples.png``: a look at what VolF pretraining learns from.
 
 One row per (example, slice): foreground crop, background crop, fused image and label map,
-axial slices at evenly spaced depths. Seeing the pictures catches broken intensity ranges
+axial slices at evenly spaced depths; after pretraining, a fifth column with the network's
+prediction for the same fused image. Seeing the pictures catches broken intensity ranges
 or empty label maps at a glance, before hours of pretraining. Draws on a ``Figure`` with the Agg
 canvas directly (no display, no pyplot, no change to the process-wide backend) and a fixed
 figure size, so the PNG is exactly
@@ -14,6 +15,8 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -34,21 +37,30 @@ def slice_positions(depth: int, num_slices: int) -> list[int]:
 
 
 def save_samples_png(
-    examples: Sequence[FusedExample], path: Path, num_classes: int, num_slices: int = 3
+    examples: Sequence[FusedExample],
+    path: Path,
+    num_classes: int,
+    num_slices: int = 3,
+    predictions: Sequence[np.ndarray] | None = None,
 ) -> Path:
     """Plot ``examples`` to ``path`` (written atomically); returns the path.
 
     Images are shown on a fixed [0, 1] grey scale when they lie in it (augmentation modes 1
     and 3), otherwise on the example's own range; labels on a fixed 0..K colour map.
+    ``predictions`` (one label map per example) add a "prediction" column.
     """
     if not examples:
         raise ValueError("save_samples_png needs at least one example")
+    if predictions is not None and len(predictions) != len(examples):
+        raise ValueError(f"need one prediction per example, got {len(examples)} examples and {len(predictions)} predictions")
+    columns = COLUMNS if predictions is None else (*COLUMNS, "prediction")
     rows = len(examples) * num_slices
     panel_inches = PANEL_PIXELS / DPI
-    figure = Figure(figsize=(len(COLUMNS) * panel_inches, rows * panel_inches), dpi=DPI)
+    figure = Figure(figsize=(len(columns) * panel_inches, rows * panel_inches), dpi=DPI)
     FigureCanvasAgg(figure)
-    axes = figure.subplots(rows, len(COLUMNS), squeeze=False)
+    axes = figure.subplots(rows, len(columns), squeeze=False)
     for index, example in enumerate(examples):
+        label_maps = (example.label,) if predictions is None else (example.label, predictions[index])
         volumes = (example.foreground, example.background, example.image)
         low = min(float(v.min()) for v in volumes)
         high = max(float(v.max()) for v in volumes)
@@ -58,9 +70,10 @@ def save_samples_png(
             row = axes[index * num_slices + offset]
             for axis, volume in zip(row[:3], volumes):
                 axis.imshow(volume[depth], cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-            row[3].imshow(example.label[depth], cmap="viridis", vmin=0, vmax=num_classes - 1, interpolation="nearest")
+            for axis, labels in zip(row[3:], label_maps):
+                axis.imshow(labels[depth], cmap="viridis", vmin=0, vmax=num_classes - 1, interpolation="nearest")
             row[0].set_ylabel(f"sample {index}, z={depth}", fontsize=7)
-    for column, title in enumerate(COLUMNS):
+    for column, title in enumerate(columns):
         axes[0, column].set_title(title, fontsize=8)
     for axis in axes.ravel():
         axis.set_xticks([])
