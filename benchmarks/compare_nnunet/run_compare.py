@@ -24,12 +24,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 from nnunet_env import ensure_nnunet_venv  # noqa: E402
+from stage_runner import StageRunner  # noqa: E402
 
 REPOSITORY = HERE.parents[1]
 DATASET = "Dataset004_Hippocampus"
@@ -60,23 +60,6 @@ def install_trainer(bin_dir: Path) -> None:
                              check=True, capture_output=True, text=True).stdout.strip()
     target = Path(purelib) / "nnunetv2" / "training" / "nnUNetTrainer"
     shutil.copyfile(HERE / f"{TRAINER}.py", target / f"{TRAINER}.py")
-
-
-def run_timed(name: str, command: list[str], env: dict[str, str], work: Path, times: dict, done: Path | None = None) -> None:
-    """Run a stage unless ``done`` exists; its seconds go to ``work/stage_seconds.json`` at once,
-    so a later failure keeps the times of the stages before it."""
-    if done is not None and done.exists():
-        print(f"[skip] {name}: {done} exists", flush=True)
-        return
-    print(f"[run] {name}: {' '.join(command)}", flush=True)
-    start = time.perf_counter()
-    with open(work / "commands.log", "a") as handle:
-        handle.write(f"\n$ {' '.join(command)}\n")
-        handle.flush()
-        subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=True)
-    times[name] = round(time.perf_counter() - start, 1)
-    (work / "stage_seconds.json").write_text(json.dumps(times, indent=1))
-    print(f"      {times[name]:.0f} s", flush=True)
 
 
 def volfnet_side(hippocampus: Path, tag: str, iterations_per_epoch: int) -> dict:
@@ -114,41 +97,31 @@ def main() -> None:
     for name in ("raw", "preprocessed", "results"):
         env[f"nnUNet_{name}"] = str(work / name)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
-    times_file = work / "stage_seconds.json"
-    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    runner = StageRunner(work, env)
     raw, preprocessed = work / "raw" / DATASET, work / "preprocessed" / DATASET
     fold_folder = work / "results" / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / f"fold_{ours['fold']}"
     predictions = work / "predictions"
 
-    run_timed("convert", ["nnUNetv2_convert_MSD_dataset", "-i", str(args.msd), "-np", str(args.workers)], env, work, times,
-              done=raw / "dataset.json")
-    run_timed("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", str(args.workers),
-                                      "-npfp", str(args.workers)], env, work, times, done=preprocessed / "nnUNetPlans.json")
+    runner.run("convert", ["nnUNetv2_convert_MSD_dataset", "-i", str(args.msd), "-np", str(args.workers)], done=raw / "dataset.json")
+    runner.run("plan_and_preprocess", ["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", str(args.workers),
+                                       "-npfp", str(args.workers)], done=preprocessed / "nnUNetPlans.json")
     (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=1))
-    run_timed("train", ["nnUNetv2_train", "4", "3d_fullres", str(ours["fold"]), "-tr", TRAINER, "-device", "cpu"], env, work, times,
-              done=fold_folder / "checkpoint_final.pth")
+    runner.run("train", ["nnUNetv2_train", "4", "3d_fullres", str(ours["fold"]), "-tr", TRAINER, "-device", "cpu"],
+               done=fold_folder / "checkpoint_final.pth")
     images = work / "imagesHeldOut"
     images.mkdir(exist_ok=True)
     for case in held_out:
         link = images / f"{case}_0000.nii.gz"
         if not link.exists():
             link.symlink_to(raw / "imagesTr" / link.name)
-    run_timed("predict", ["nnUNetv2_predict", "-i", str(images), "-o", str(predictions), "-d", "4", "-c", "3d_fullres",
-                          "-f", str(ours["fold"]), "-tr", TRAINER, "-chk", "checkpoint_final.pth", "-device", "cpu",
-                          "-npp", str(args.workers), "-nps", str(args.workers)], env, work, times,
-              done=predictions / f"{held_out[-1]}.nii.gz")
-    summary_file = predictions / "volfnet_summary.json"
-    if not summary_file.exists():
-        # volfnet_evaluate writes summary.json; nnU-Net's predict may write files of the same name, so move ours aside.
-        scored = work / "scored"
-        shutil.rmtree(scored, ignore_errors=True)
-        scored.mkdir()
-        for case in held_out:
-            (scored / f"{case}.nii.gz").symlink_to(predictions / f"{case}.nii.gz")
-        subprocess.run(["volfnet_evaluate", str(hippocampus / "labelsHeldOut"), str(scored), "-d", "4"], check=True,
-                       env=dict(os.environ, VOLFNET_raw=str(hippocampus / "raw")))  # -d 4 reads the labels from its dataset.json
-        shutil.copyfile(scored / "summary.json", summary_file)
-    theirs_summary = json.loads(summary_file.read_text())
+    runner.run("predict", ["nnUNetv2_predict", "-i", str(images), "-o", str(predictions), "-d", "4", "-c", "3d_fullres",
+                           "-f", str(ours["fold"]), "-tr", TRAINER, "-chk", "checkpoint_final.pth", "-device", "cpu",
+                           "-npp", str(args.workers), "-nps", str(args.workers)], done=predictions / f"{held_out[-1]}.nii.gz")
+    evaluation = work / "evaluation"
+    if not (evaluation / "summary.json").exists():
+        subprocess.run(["volfnet_evaluate", str(hippocampus / "labelsHeldOut"), str(predictions), "-d", "4", "-o", str(evaluation)],
+                       check=True, env=dict(os.environ, VOLFNET_raw=str(hippocampus / "raw")))  # -d 4: labels from its dataset.json
+    theirs_summary = json.loads((evaluation / "summary.json").read_text())
     budget_log = json.loads((fold_folder / "budget_log.json").read_text())
 
     def dice(summary: dict) -> list[str]:
@@ -160,13 +133,13 @@ def main() -> None:
 
     their_train = sum(budget_log["epoch_seconds"])
     rows = [
-        ("plan and preprocess (s)", f"{ours['preprocess_seconds']:.0f}", f"{times['plan_and_preprocess']:.0f}"),
+        ("plan and preprocess (s)", f"{ours['preprocess_seconds']:.0f}", f"{runner.times['plan_and_preprocess']:.0f}"),
         ("training time (s)", f"{ours['train_seconds']:.0f}", f"{their_train:.0f}"),
         ("training iterations done", str(ours["iterations"]), str(budget_log["iterations"])),
         ("training iterations per second (incl. validation)", f"{ours['iterations'] / ours['train_seconds']:.2f}",
          f"{budget_log['iterations'] / their_train:.3f}"),
         ("inference seconds per case (mirroring, 40 cases)", f"{ours['predict_seconds'] / len(held_out):.2f}",
-         f"{times['predict'] / len(held_out):.2f}"),
+         f"{runner.times['predict'] / len(held_out):.2f}"),
         ("Dice anterior / posterior / mean", " / ".join(dice(ours["summary"])), " / ".join(dice(theirs_summary))),
         ("HD95 anterior / posterior (mm)", hd95(ours["summary"]), hd95(theirs_summary)),
     ]
@@ -174,7 +147,7 @@ def main() -> None:
              f"| volfnet `{args.tag}` | nnU-Net v2 default plans |", "|---|---:|---:|"]
     lines += [f"| {name} | {a} | {b} |" for name, a, b in rows]
     (work / "results.md").write_text("\n".join(lines) + "\n")
-    (work / "results.json").write_text(json.dumps({"volfnet": ours, "nnunet": {"stage_seconds": times, "budget_log": budget_log,
+    (work / "results.json").write_text(json.dumps({"volfnet": ours, "nnunet": {"stage_seconds": runner.times, "budget_log": budget_log,
                                                                                 "summary": theirs_summary}}, indent=1))
     print("\n".join(lines))
 

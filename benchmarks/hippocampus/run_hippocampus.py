@@ -31,10 +31,7 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +39,9 @@ import numpy as np
 from volfnet.preprocessing.case_store import list_preprocessed_cases
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from stage_runner import StageRunner  # noqa: E402
+
 REPOSITORY = HERE.parents[1]
 DATASET = "Dataset004_Hippocampus"
 CONFIGURATION = "3d_fullres"
@@ -68,38 +68,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out and small-budget case choice")
     return parser.parse_args()
-
-
-class Runner:
-    """Runs console commands with the benchmark's data roots, logging command and time."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.env = dict(os.environ)
-        for name in ("raw", "preprocessed", "results"):
-            self.env[f"VOLFNET_{name}"] = str(work / name)
-        self.log = work / "commands.log"
-        self.times_file = work / "stage_seconds.json"  # kept across reruns: skipped stages keep their time
-        self.times: dict[str, float] = json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
-        self.stages: list[dict] = []
-
-    def run(self, name: str, command: list[str], done: Path | None = None) -> None:
-        text = shlex.join(command)
-        if done is not None and done.exists():
-            print(f"[skip] {name}: {done} exists", flush=True)
-            self.stages.append({"stage": name, "command": text, "seconds": self.times.get(name)})
-            return
-        print(f"[run] {name}: {text}", flush=True)
-        start = time.perf_counter()
-        with open(self.log, "a") as log:
-            log.write(f"\n$ {text}\n")
-            log.flush()
-            subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, check=True)
-        seconds = time.perf_counter() - start
-        print(f"      {seconds:.0f} s", flush=True)
-        self.times[name] = round(seconds, 1)
-        self.times_file.write_text(json.dumps(self.times, indent=1))
-        self.stages.append({"stage": name, "command": text, "seconds": self.times[name]})
 
 
 def write_splits(preprocessed: Path, held_out: int, small: int, seed: int) -> dict[str, list[str]]:
@@ -138,7 +106,7 @@ def main() -> None:
     args = parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    runner = Runner(work)
+    runner = StageRunner(work, {**os.environ, **{f"VOLFNET_{name}": str(work / name) for name in ("raw", "preprocessed", "results")}})
     raw, preprocessed, results = (work / n for n in ("raw", "preprocessed", "results"))
     runner.run("convert", ["volfnet_convert_msd", "-i", str(args.msd), "-d", "4"], done=raw / DATASET / "dataset.json")
     plan = ["volfnet_plan_and_preprocess", "-d", "4", "--target", args.target, "-np", str(args.workers)]
@@ -149,9 +117,10 @@ def main() -> None:
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     model = results / DATASET / f"{network}__{CONFIGURATION}"
-    pretrain_command = ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
-                        "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
     pretrained = model / "pretrain" / "checkpoint_final.pt"
+    if any(not name.endswith("_scratch") for name in args.runs):  # pretraining only when a fine-tuned run asks for it
+        runner.run("pretrain", ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
+                                "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"], done=pretrained)
     common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
     iterations = {"small": args.iterations, "all": args.iterations_all}
     epochs = {key: max(1, value // args.iterations_per_epoch) for key, value in iterations.items()}
@@ -160,8 +129,6 @@ def main() -> None:
     for run_name in args.runs:
         key, variant = run_name.split("_")
         fold, budget = (1, str(args.small)) if key == "small" else (0, "all")
-        if variant != "scratch" and "pretrain" not in {stage["stage"] for stage in runner.stages}:
-            runner.run("pretrain", pretrain_command, done=pretrained)  # only when a fine-tuned run asks for it
         total = epochs[key] * args.iterations_per_epoch
         tag = f"{budget}_{variant}_{total}it"
         folder = model.with_name(f"{model.name}__{tag}")
