@@ -4,6 +4,7 @@ the fusion levels well above chance, and leaves a checkpoint that fine-tuning ac
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from volfnet.plans import Plans
 from volfnet.training.initial_weights import load_initial_weights
 from volfnet.training.pretrain import PretrainRequest, prepare, resolve_topology
 from volfnet.training.pretrain_task import VolFPretrainingTask
+from volfnet.training.train import TrainRequest, resolve_pretrained
 from volfnet.volf.visualize import PANEL_PIXELS
 
 ITERATIONS = 80
@@ -151,6 +153,21 @@ def test_other_processes_read_what_the_first_prepared(run):
     assert other.config.step_size == 16 and other.config.total_iterations() == ITERATIONS  # lr halved every fifth
 
 
+def test_tagged_run_gets_its_own_model_folder_that_tagged_fine_tuning_finds(run):
+    overrides = [s for s in run["settings"] if s != "--set"]
+    request = PretrainRequest(datasets=["1"], iterations=ITERATIONS, overrides=overrides, validation_samples=16, progress=False, tag="boxes")
+    prepared = prepare(request, write=True)
+    tagged = run["roots"]["results"] / "Dataset001_Noise" / "fmunet__3d_fullres__boxes"
+    assert prepared.model_folder == tagged and prepared.run_folder == tagged / "pretrain"
+    assert json.loads((tagged / "pretrain" / "pretrain_settings.json").read_text())["datasets"] == ["Dataset001_Noise"]
+    assert (tagged / "plans.json").is_file() and (tagged / "pretrain" / "validation_set" / "images.npy").is_file()
+    shutil.copyfile(run["folder"] / "checkpoint_final.pt", tagged / "pretrain" / "checkpoint_final.pt")
+    train_request = TrainRequest(dataset="1", configuration="3d_fullres", fold=0, tag="boxes", pretrained="final")
+    assert resolve_pretrained(train_request, tagged) == tagged / "pretrain" / "checkpoint_final.pt"
+    untagged = PretrainRequest(datasets=["1"], iterations=ITERATIONS, overrides=overrides, validation_samples=16, progress=False)
+    assert prepare(untagged, write=False).model_folder == run["folder"].parent
+
+
 def test_network_choices(run):
     plans = Plans.load(run["roots"]["preprocessed"] / "Dataset001_Noise" / "plans.json")
     same, patch = resolve_topology(plans, "3d_fullres", None, False)
@@ -171,6 +188,7 @@ def test_network_choices(run):
         (["-d", "1", "--iterations", "10", "--set", "num_epochs=3"], "--iterations N or --set num_epochs=N"),
         (["-d", "1", "--set", "volf.patch_size=[22,22,22]"], "not divisible"),
         (["-d", "1", "--weights", "1", "2"], "one weight per dataset"),
+        (["-d", "1", "--tag", "a__b"], "model tag 'a__b' must not contain '__'"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line(run, capsys, extra, message):

@@ -52,9 +52,15 @@ def parse_fold(value: str | int) -> Fold:
     return fold
 
 
-def model_folder_name(network: str, configuration: str, tag: str = "") -> str:
+def check_tag(tag: str) -> str:
+    """``tag`` if it can name a model folder (no ``__``, which separates the name's parts, no ``/``)."""
     if tag and ("__" in tag or "/" in tag):
         raise VolfnetError(f"model tag {tag!r} must not contain '__' or '/'")
+    return tag
+
+
+def model_folder_name(network: str, configuration: str, tag: str = "") -> str:
+    check_tag(tag)
     return f"{network}__{configuration}" + (f"__{tag}" if tag else "")
 
 

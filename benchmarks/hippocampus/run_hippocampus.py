@@ -3,19 +3,23 @@ label budgets, scored on cases held out from every training run.
 
     python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
         [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 2000] [--iterations 400 --iterations-all 3000]
-        [--runs small_scratch small_volf all_scratch all_volf small_volfenc all_volfenc]
+        [--runs small_scratch small_volf all_scratch all_volf small_volfenc all_volfenc small_volfbox all_volfbox]
+        [--train-seeds 12345 1 2]
 
 Stages, each a console command run as a user would type it (printed, timed, logged):
 
 1. ``volfnet_convert_msd`` and ``volfnet_plan_and_preprocess`` for the compute target;
 2. a ``splits.json`` (nnU-Net's user-editable format) whose folds share one held-out set:
    fold 0 trains on every other labelled case, fold 1 on a seeded subset of ``--small`` cases;
-3. ``volfnet_pretrain`` on every image of the dataset (labels unused);
+3. ``volfnet_pretrain`` on every image of the dataset (labels unused): the published grid
+   fusion, and for ``volfbox`` runs a second pretraining with box fusion (``--tag box``);
 4. ``volfnet_train`` for fold 1 (``small``) and fold 0 (``all``), each from scratch and
    fine-tuned with the same number of iterations (``--iterations`` for the small label budget,
    ``--iterations-all`` for all cases); ``volfenc`` runs load only the pretrained encoder
    (``--encoder-only``); ``--runs`` picks runs and their order, and the run folders carry
-   the budget in their tag (``10_volf_400it``) so budgets sit side by side;
+   the budget in their tag (``10_volf_400it``) so budgets sit side by side; ``--train-seeds``
+   trains each run once per trainer seed (tag suffix ``_s1`` for seeds other than the default),
+   and the report adds the mean and spread of the Dice over the seeds;
 5. ``volfnet_predict`` of the held-out images with each model and ``volfnet_evaluate``.
 
 Everything goes under ``--work`` (default ``benchmarks/_work/hippocampus``); a rerun skips
@@ -37,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.preprocessing.case_store import list_preprocessed_cases
+from volfnet.training.config import DEFAULT_SEED
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -46,8 +51,18 @@ REPOSITORY = HERE.parents[1]
 DATASET = "Dataset004_Hippocampus"
 CONFIGURATION = "3d_fullres"
 LABEL_NAMES = {"1": "anterior", "2": "posterior"}
-# variants: scratch, volf (the whole pretrained network), volfenc (its encoder only, --encoder-only)
-RUN_NAMES = ("small_scratch", "small_volf", "all_scratch", "all_volf", "small_volfenc", "all_volfenc")
+# Pretrainings: model-folder tag and extra volfnet_pretrain settings. "grid" is the published
+# recipe, which mixes two crops of one image; "box" (arXiv v1) mixes crops of two different
+# images, the alternative when images are barely larger than the patch and two crops of one
+# image show nearly the same anatomy (benchmarks/volf_crop_overlap.py).
+PRETRAININGS = {"grid": ("", []), "box": ("box", ["--set", "volf.fusion_mode=box"])}
+# Variants: (pretraining or None for scratch, --encoder-only).
+VARIANTS = {"scratch": (None, False), "volf": ("grid", False), "volfenc": ("grid", True), "volfbox": ("box", False)}
+RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
+DEFAULT_RUNS = ["small_scratch", "small_volf", "all_scratch", "all_volf"]
+INITIALISATIONS = {
+    "scratch": "scratch", "volf": "VolF-pretrained", "volfenc": "VolF-pretrained encoder", "volfbox": "VolF-pretrained (box fusion)",
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,11 +77,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=400, help="training iterations of the two small-budget runs")
     parser.add_argument("--iterations-all", type=int, default=3000, help="iterations of the two runs with every training case")
     parser.add_argument("--iterations-per-epoch", type=int, default=100)
-    parser.add_argument("--runs", nargs="+", choices=RUN_NAMES, default=list(RUN_NAMES[:4]),
+    parser.add_argument("--runs", nargs="+", choices=RUN_NAMES, default=DEFAULT_RUNS,
                         help="runs to do, in this order (small: --small labelled cases; all: every training case)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the held-out and small-budget case choice")
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[DEFAULT_SEED],
+                        help=f"trainer seeds: each run is trained once per seed (default {DEFAULT_SEED}, the trainer's)")
     return parser.parse_args()
 
 
@@ -102,6 +119,22 @@ def link_held_out(raw: Path, test: list[str], folder: Path) -> tuple[Path, Path]
     return images, labels
 
 
+def seed_summary(runs) -> list[str]:
+    """Mean Dice over the trainer seeds of each (labelled cases, initialisation, iterations) group:
+    at small budgets the seed alone moves the held-out Dice by tens of points, so single runs
+    cannot rank the initialisations."""
+    groups: dict[tuple, list[float]] = {}
+    for run in runs:
+        groups.setdefault((run["labelled_cases"], run["initialisation"], run["iterations"]), []).append(run["mean_dice"])
+    lines = ["| labelled cases | initialisation | iterations | seeds | mean Dice: mean | sd | min | max |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for (cases, initialisation, iterations), values in groups.items():
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        lines.append(f"| {cases} | {initialisation} | {iterations} | {len(values)} | {np.mean(values):.3f} | {sd:.3f} | "
+                     f"{min(values):.3f} | {max(values):.3f} |")
+    return lines
+
+
 def main() -> None:
     args = parse_args()
     work = args.work.resolve()
@@ -117,25 +150,32 @@ def main() -> None:
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     model = results / DATASET / f"{network}__{CONFIGURATION}"
-    pretrained = model / "pretrain" / "checkpoint_final.pt"
-    if any(not name.endswith("_scratch") for name in args.runs):  # pretraining only when a fine-tuned run asks for it
-        runner.run("pretrain", ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
-                                "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"], done=pretrained)
+    pretrained = {}
+    needed = dict.fromkeys(VARIANTS[run.split("_")[1]][0] for run in args.runs)
+    for name in [name for name in needed if name is not None]:  # only the pretrainings some run needs
+        tag, settings = PRETRAININGS[name]
+        pretrained[name] = model.with_name(model.name + (f"__{tag}" if tag else "")) / "pretrain" / "checkpoint_final.pt"
+        runner.run("pretrain" + (f" {tag}" if tag else ""),
+                   ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
+                    *(["--tag", tag] if tag else []), "--set", f"num_workers={args.workers}", "--set", "progress_bar=false", *settings],
+                   done=pretrained[name])
     common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
     iterations = {"small": args.iterations, "all": args.iterations_all}
     epochs = {key: max(1, value // args.iterations_per_epoch) for key, value in iterations.items()}
     images, labels = link_held_out(raw, cases["test"], work)
     runs = {}
-    for run_name in args.runs:
+    for run_name, seed in [(run_name, seed) for seed in args.train_seeds for run_name in args.runs]:
         key, variant = run_name.split("_")
         fold, budget = (1, str(args.small)) if key == "small" else (0, "all")
         total = epochs[key] * args.iterations_per_epoch
-        tag = f"{budget}_{variant}_{total}it"
+        seeded = [] if seed == DEFAULT_SEED else ["--set", f"seed={seed}"]
+        tag = f"{budget}_{variant}_{total}it" + ("" if seed == DEFAULT_SEED else f"_s{seed}")
         folder = model.with_name(f"{model.name}__{tag}")
         command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
-                   "--set", f"num_epochs={epochs[key]}", *common]
-        if variant != "scratch":
-            command += ["--pretrained", str(pretrained)] + (["--encoder-only"] if variant == "volfenc" else [])
+                   "--set", f"num_epochs={epochs[key]}", *common, *seeded]
+        pretraining, encoder_only = VARIANTS[variant]
+        if pretraining is not None:
+            command += ["--pretrained", str(pretrained[pretraining])] + (["--encoder-only"] if encoder_only else [])
         runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
         predictions = work / "predictions" / tag
         runner.run(
@@ -148,8 +188,9 @@ def main() -> None:
         summary = json.loads((predictions / "summary.json").read_text())
         runs[tag] = {
             "labelled_cases": len(cases["train"]) if key == "all" else args.small,
-            "initialisation": {"scratch": "scratch", "volf": "VolF-pretrained", "volfenc": "VolF-pretrained encoder"}[variant],
+            "initialisation": INITIALISATIONS[variant],
             "iterations": total,
+            "seed": seed,
             "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
             "hd95": {name: summary["mean"][label]["HD95"] for label, name in LABEL_NAMES.items()},
             "mean_dice": summary["foreground_mean"]["Dice"],
@@ -162,14 +203,15 @@ def main() -> None:
         "runs": runs, "stages": runner.stages,
     }
     (work / "results.json").write_text(json.dumps(report, indent=1))
-    lines = ["| labelled cases | initialisation | iterations | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| labelled cases | initialisation | iterations | seed | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs.values():
         lines.append(
-            f"| {run['labelled_cases']} | {run['initialisation']} | {run['iterations']} | "
+            f"| {run['labelled_cases']} | {run['initialisation']} | {run['iterations']} | {run['seed']} | "
             f"{run['dice']['anterior']:.3f} | {run['dice']['posterior']:.3f} | {run['mean_dice']:.3f} | "
             f"{run['hd95']['anterior']:.2f} | {run['hd95']['posterior']:.2f} |"
         )
+    lines += ["", *seed_summary(runs.values())]
     lines += ["", "| stage | seconds | command |", "|---|---:|---|"]
     lines += [f"| {s['stage']} | {s['seconds'] if s['seconds'] is not None else 'not recorded'} | `{s['command']}` |" for s in runner.stages]
     (work / "results.md").write_text("\n".join(lines) + "\n")

@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrain the published MIS-FM topology (full widths) instead of the plans' (writes to <network>__<configuration>__published)",
     )
     parser.add_argument(
+        "--tag", default="",
+        help="write to <network>__<configuration>__<tag> (e.g. to compare VolF settings); volfnet_train --tag <tag> --pretrained finds it",
+    )
+    parser.add_argument(
         "--images", nargs="+", default=[], metavar="DIR", action="extend",
         help="extra folders of unlabelled images, preprocessed once with the first dataset's plans (repeatable)",
     )
@@ -63,6 +67,7 @@ def request_from_args(args: argparse.Namespace) -> PretrainRequest:
         configuration=args.configuration,
         network=args.network,
         published=args.published,
+        tag=args.tag,
         images=[Path(p) for p in args.images],
         iterations=args.iterations,
         overrides=args.overrides,

@@ -2,7 +2,7 @@
 
 Output (the model folder layout of :mod:`volfnet.model_folder`)::
 
-    <results>/<first dataset>/<network>__<configuration>[__published]/
+    <results>/<first dataset>/<network>__<configuration>[__<tag> | __published]/
         plans.json  dataset.json                 the folder describes itself
         pretrain/
             checkpoint_{latest,best,final}.pt   written by the training loop (spec kind volf_pretraining)
@@ -34,6 +34,7 @@ from volfnet.errors import VolfnetError
 from volfnet.io.files import atomic_write_json, read_json
 from volfnet.model_folder import (
     DATASET_FILE,
+    check_tag,
     checkpoint_path,
     model_folder_path,
     pretrain_folder,
@@ -92,13 +93,17 @@ class PretrainRequest:
     ``network`` None: the plans' network; another name: that network planned for the plans'
     spacing, patch and widths. ``published``: the published MIS-FM topology of the network
     instead (full widths; what the released checkpoints use). ``weights``: one sampling
-    weight per dataset, then one per ``images`` folder.
+    weight per dataset, then one per ``images`` folder. ``tag`` keeps the run in its own model
+    folder (``<network>__<configuration>__<tag>``), so pretrainings with other settings sit side
+    by side and ``volfnet_train --tag <tag> --pretrained`` finds it; the default is no tag
+    (``published`` with ``published``).
     """
 
     datasets: list[str]
     configuration: str = "3d_fullres"
     network: str | None = None
     published: bool = False
+    tag: str = ""
     images: list[Path] = field(default_factory=list)
     iterations: int | None = None
     overrides: list[str] = field(default_factory=list)
@@ -242,6 +247,7 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
     read what the first process wrote."""
     if request.network is not None and request.network not in NETWORK_NAMES:
         raise VolfnetError(f"unknown network {request.network!r}; choose one of {list(NETWORK_NAMES)}")
+    check_tag(request.tag)  # before the pool preprocesses anything
     trainer_overrides, volf_overrides = split_overrides(list(request.overrides))
     pool, datasets = build_pool(
         PoolRequest(
@@ -258,7 +264,8 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
     first: PoolDataset = datasets[0]
     plans = first.plans
     topology, patch = resolve_topology(plans, request.configuration, request.network, request.published)
-    model_folder = model_folder_path(plans.dataset_name, topology.name, request.configuration, tag=PUBLISHED_TAG if request.published else "")
+    tag = request.tag or (PUBLISHED_TAG if request.published else "")
+    model_folder = model_folder_path(plans.dataset_name, topology.name, request.configuration, tag=tag)
     run_folder = pretrain_folder(model_folder)
     stored_settings, stored_config = None, None
     if request.resume:
