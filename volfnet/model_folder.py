@@ -52,11 +52,10 @@ def parse_fold(value: str | int) -> Fold:
     return fold
 
 
-def check_tag(tag: str) -> str:
-    """``tag`` if it can name a model folder (no ``__``, which separates the name's parts, no ``/``)."""
+def check_tag(tag: str) -> None:
+    """Refuse a tag that cannot name a model folder (``__`` separates the name's parts; ``/``)."""
     if tag and ("__" in tag or "/" in tag):
         raise VolfnetError(f"model tag {tag!r} must not contain '__' or '/'")
-    return tag
 
 
 def model_folder_name(network: str, configuration: str, tag: str = "") -> str:

@@ -27,14 +27,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "hippocampus")]
 from nnunet_env import ensure_nnunet_venv  # noqa: E402
+from run_hippocampus import DATASET, LABEL_NAMES  # noqa: E402  (its work folder is read here)
 from stage_runner import StageRunner  # noqa: E402
 
 REPOSITORY = HERE.parents[1]
-DATASET = "Dataset004_Hippocampus"
 TRAINER = "nnUNetTrainer_CPUBudget"
-LABEL_NAMES = {"1": "anterior", "2": "posterior"}
 
 
 def parse_args() -> argparse.Namespace:

@@ -168,8 +168,9 @@ def main() -> None:
         key, variant = run_name.split("_")
         fold, budget = (1, str(args.small)) if key == "small" else (0, "all")
         total = epochs[key] * args.iterations_per_epoch
-        seeded = [] if seed == DEFAULT_SEED else ["--set", f"seed={seed}"]
-        tag = f"{budget}_{variant}_{total}it" + ("" if seed == DEFAULT_SEED else f"_s{seed}")
+        suffix = "" if seed == DEFAULT_SEED else f"_s{seed}"  # the default seed keeps the untagged name
+        tag = f"{budget}_{variant}_{total}it{suffix}"
+        seeded = ["--set", f"seed={seed}"] if suffix else []
         folder = model.with_name(f"{model.name}__{tag}")
         command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
                    "--set", f"num_epochs={epochs[key]}", *common, *seeded]
