@@ -3,7 +3,7 @@ label budgets, scored on cases held out from every training run.
 
     python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
         [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 2000] [--iterations 400 --iterations-all 3000]
-        [--runs small_scratch small_volf all_scratch all_volf small_volfenc all_volfenc small_volfbox all_volfbox]
+        [--runs small_scratch small_volf all_scratch all_volf small_volfenc small_volfbox small_volfbox24 ...]
         [--train-seeds 12345 1 2]
 
 Stages, each a console command run as a user would type it (printed, timed, logged):
@@ -11,15 +11,17 @@ Stages, each a console command run as a user would type it (printed, timed, logg
 1. ``volfnet_convert_msd`` and ``volfnet_plan_and_preprocess`` for the compute target;
 2. a ``splits.json`` (nnU-Net's user-editable format) whose folds share one held-out set:
    fold 0 trains on every other labelled case, fold 1 on a seeded subset of ``--small`` cases;
-3. ``volfnet_pretrain`` on every image of the dataset (labels unused): the published grid
-   fusion, and for ``volfbox`` runs a second pretraining with box fusion (``--tag box``);
+3. ``volfnet_pretrain`` on every image of the dataset (labels unused), once per pretraining
+   that the runs need (``PRETRAININGS``): the published grid fusion, box fusion (``--tag
+   box``), and box fusion on smaller crops for four times the iterations (``--tag box24``);
 4. ``volfnet_train`` for fold 1 (``small``) and fold 0 (``all``), each from scratch and
    fine-tuned with the same number of iterations (``--iterations`` for the small label budget,
-   ``--iterations-all`` for all cases); ``volfenc`` runs load only the pretrained encoder
-   (``--encoder-only``); ``--runs`` picks runs and their order, and the run folders carry
-   the budget in their tag (``10_volf_400it``) so budgets sit side by side; ``--train-seeds``
-   trains each run once per trainer seed (tag suffix ``_s1`` for seeds other than the default),
-   and the report adds the mean and spread of the Dice over the seeds;
+   ``--iterations-all`` for all cases); ``VARIANTS`` says which pretraining a run starts
+   from and with which flags (``volfenc``: ``--encoder-only``); ``--runs`` picks runs and
+   their order, and the run folders carry the budget in their tag (``10_volf_400it``) so
+   budgets sit side by side; ``--train-seeds`` trains each run once per trainer seed (tag
+   suffix ``_s1`` for seeds other than the default), and the report adds the mean and spread
+   of the Dice over the seeds;
 5. ``volfnet_predict`` of the held-out images with each model and ``volfnet_evaluate``.
 
 Everything goes under ``--work`` (default ``benchmarks/_work/hippocampus``); a rerun skips
@@ -51,17 +53,28 @@ REPOSITORY = HERE.parents[1]
 DATASET = "Dataset004_Hippocampus"
 CONFIGURATION = "3d_fullres"
 LABEL_NAMES = {"1": "anterior", "2": "posterior"}
-# Pretrainings: model-folder tag and extra volfnet_pretrain settings. "grid" is the published
-# recipe, which mixes two crops of one image; "box" (arXiv v1) mixes crops of two different
-# images, the alternative when images are barely larger than the patch and two crops of one
-# image show nearly the same anatomy (benchmarks/volf_crop_overlap.py).
-PRETRAININGS = {"grid": ("", []), "box": ("box", ["--set", "volf.fusion_mode=box"])}
-# Variants: (pretraining or None for scratch, --encoder-only).
-VARIANTS = {"scratch": (None, False), "volf": ("grid", False), "volfenc": ("grid", True), "volfbox": ("box", False)}
+# Pretrainings: model-folder tag, extra volfnet_pretrain settings, and iterations (None:
+# --pretrain-iterations). "grid" is the published recipe, which mixes two crops of one image;
+# "box" (arXiv v1) mixes crops of two different images, the alternative when images are barely
+# larger than the patch and two crops of one image show nearly the same anatomy
+# (benchmarks/volf_crop_overlap.py). "box24" is box fusion on 24x32x24 crops: a quarter of the
+# voxels, so about four times the iterations in the same CPU time (convolution weights do not
+# depend on the patch size, so the fine-tuning patch stays the plans').
+PRETRAININGS = {
+    "grid": ("", [], None),
+    "box": ("box", ["--set", "volf.fusion_mode=box"], None),
+    "box24": ("box24", ["--set", "volf.fusion_mode=box", "--set", "volf.patch_size=[24,32,24]"], 12000),
+}
+# Variants: (pretraining or None for scratch, extra volfnet_train flags).
+VARIANTS = {
+    "scratch": (None, []), "volf": ("grid", []), "volfenc": ("grid", ["--encoder-only"]), "volfbox": ("box", []),
+    "volfbox24": ("box24", []),
+}
 RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
 DEFAULT_RUNS = ["small_scratch", "small_volf", "all_scratch", "all_volf"]
 INITIALISATIONS = {
     "scratch": "scratch", "volf": "VolF-pretrained", "volfenc": "VolF-pretrained encoder", "volfbox": "VolF-pretrained (box fusion)",
+    "volfbox24": "VolF-pretrained (box fusion, 24x32x24 crops)",
 }
 
 
@@ -153,10 +166,10 @@ def main() -> None:
     pretrained = {}
     needed = dict.fromkeys(VARIANTS[run.split("_")[1]][0] for run in args.runs)
     for name in [name for name in needed if name is not None]:  # only the pretrainings some run needs
-        tag, settings = PRETRAININGS[name]
+        tag, settings, iterations = PRETRAININGS[name]
         pretrained[name] = model.with_name(model.name + (f"__{tag}" if tag else "")) / "pretrain" / "checkpoint_final.pt"
         runner.run("pretrain" + (f" {tag}" if tag else ""),
-                   ["volfnet_pretrain", "-d", "4", "--iterations", str(args.pretrain_iterations), "--device", args.device,
+                   ["volfnet_pretrain", "-d", "4", "--iterations", str(iterations or args.pretrain_iterations), "--device", args.device,
                     *(["--tag", tag] if tag else []), "--set", f"num_workers={args.workers}", "--set", "progress_bar=false", *settings],
                    done=pretrained[name])
     common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
@@ -174,9 +187,9 @@ def main() -> None:
         folder = model.with_name(f"{model.name}__{tag}")
         command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
                    "--set", f"num_epochs={epochs[key]}", *common, *seeded]
-        pretraining, encoder_only = VARIANTS[variant]
+        pretraining, flags = VARIANTS[variant]
         if pretraining is not None:
-            command += ["--pretrained", str(pretrained[pretraining])] + (["--encoder-only"] if encoder_only else [])
+            command += ["--pretrained", str(pretrained[pretraining]), *flags]
         runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
         predictions = work / "predictions" / tag
         runner.run(
