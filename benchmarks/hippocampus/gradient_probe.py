@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from volfnet.data.patch_sampler import crop_with_padding
 from volfnet.networks.build import build_network
 from volfnet.plans import Plans
 from volfnet.preprocessing.case_store import load_case
 from volfnet.training.initial_weights import load_initial_weights
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-DATASET = "Dataset004_Hippocampus"
-CONFIGURATION = "3d_fullres"
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+from run_hippocampus import CONFIGURATION, DATASET  # noqa: E402  (its work folder is read here)
+
+REPOSITORY = HERE.parents[1]
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,12 +42,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cases", type=int, default=4, help="fold-1 training cases in the batch")
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the network initialisation")
     return parser.parse_args()
-
-
-def fit(array: np.ndarray, patch: list[int]) -> np.ndarray:
-    """Zero-pad, then crop, the spatial axes of a (C, Z, Y, X) array to ``patch``."""
-    padded = np.pad(array, [(0, 0)] + [(0, max(0, p - s)) for s, p in zip(array.shape[1:], patch)])
-    return padded[(slice(None), *(slice(0, p) for p in patch))]
 
 
 def relative_gradients(model: torch.nn.Module, image: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -69,8 +67,8 @@ def main() -> None:
     images, labels = [], []
     for case in cases:
         image, seg, _ = load_case(preprocessed / CONFIGURATION, case)
-        images.append(fit(np.asarray(image), plan.patch_size))
-        labels.append(fit(np.asarray(seg), plan.patch_size))
+        images.append(crop_with_padding(image, [0, 0, 0], plan.patch_size, 0.0))  # the patch at the origin
+        labels.append(crop_with_padding(seg, [0, 0, 0], plan.patch_size, 0))
     image = torch.from_numpy(np.stack(images)).float()
     target = torch.from_numpy(np.stack(labels)).long()[:, 0].clamp(min=0)  # -1 (outside the image) -> background
     classes = len(json.loads((preprocessed / "dataset.json").read_text())["labels"])

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder
 from volfnet.preprocessing.case_store import list_preprocessed_cases
 from volfnet.training.config import DEFAULT_SEED
 
@@ -162,12 +163,11 @@ def main() -> None:
     cases = write_splits(preprocessed, args.held_out, args.small, args.seed)
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
-    model = results / DATASET / f"{network}__{CONFIGURATION}"
     pretrained = {}
     needed = dict.fromkeys(VARIANTS[run.split("_")[1]][0] for run in args.runs)
     for name in [name for name in needed if name is not None]:  # only the pretrainings some run needs
         tag, settings, iterations = PRETRAININGS[name]
-        pretrained[name] = model.with_name(model.name + (f"__{tag}" if tag else "")) / "pretrain" / "checkpoint_final.pt"
+        pretrained[name] = checkpoint_path(pretrain_folder(model_folder_path(DATASET, network, CONFIGURATION, results, tag)), "final")
         runner.run("pretrain" + (f" {tag}" if tag else ""),
                    ["volfnet_pretrain", "-d", "4", "--iterations", str(iterations or args.pretrain_iterations), "--device", args.device,
                     *(["--tag", tag] if tag else []), "--set", f"num_workers={args.workers}", "--set", "progress_bar=false", *settings],
@@ -184,13 +184,13 @@ def main() -> None:
         suffix = "" if seed == DEFAULT_SEED else f"_s{seed}"  # the default seed keeps the untagged name
         tag = f"{budget}_{variant}_{total}it{suffix}"
         seeded = ["--set", f"seed={seed}"] if suffix else []
-        folder = model.with_name(f"{model.name}__{tag}")
+        folder = model_folder_path(DATASET, network, CONFIGURATION, results, tag)
         command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
                    "--set", f"num_epochs={epochs[key]}", *common, *seeded]
         pretraining, flags = VARIANTS[variant]
         if pretraining is not None:
             command += ["--pretrained", str(pretrained[pretraining]), *flags]
-        runner.run(f"train {tag}", command, done=folder / f"fold_{fold}" / "checkpoint_final.pt")
+        runner.run(f"train {tag}", command, done=checkpoint_path(fold_folder(folder, fold), "final"))
         predictions = work / "predictions" / tag
         runner.run(
             f"predict {tag}",
