@@ -34,7 +34,11 @@ class StageRunner:
                 log.write(f"\n$ {text}\n")
                 log.flush()
                 subprocess.run(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, check=True)
-            self.times[name] = round(time.perf_counter() - start, 1)
+            seconds = round(time.perf_counter() - start, 1)
+            # Re-read first: another invocation on the same work folder may have added stages.
+            if self.times_file.is_file():
+                self.times.update(json.loads(self.times_file.read_text()))
+            self.times[name] = seconds
             self.times_file.write_text(json.dumps(self.times, indent=1))
             print(f"      {self.times[name]:.0f} s", flush=True)
         self.stages.append({"stage": name, "command": text, "seconds": self.times.get(name)})

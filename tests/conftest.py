@@ -15,11 +15,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; the GPU check runs them)")
+
+
 @pytest.fixture
 def roots(tmp_path, monkeypatch):
     """Point the three VOLFNET_* roots at fresh folders under tmp_path."""
     paths = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
-    for name, path in paths.items():
+    for path in paths.values():
         path.mkdir()
     monkeypatch.setenv("VOLFNET_raw", str(paths["raw"]))
     monkeypatch.setenv("VOLFNET_preprocessed", str(paths["preprocessed"]))

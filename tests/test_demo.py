@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from volfnet.checkpoint import load_checkpoint
 from volfnet.cli import demo as cli
 from volfnet.demo.pipeline import DEMO_DATASET_NAME
 from volfnet.demo.synthetic import HU, LABELS, DemoDatasetSizes, write_demo_dataset
@@ -80,3 +81,12 @@ def test_demo_runs_every_stage_and_prints_the_table(roots, capsys):
     assert cli.main(args) == 0
     assert (pretrained / "fold_all" / "checkpoint_final.pt").stat().st_mtime_ns == stamp
     assert "Dice on the held-out scans" in capsys.readouterr().out
+    # Another trainer seed trains both models into folders of its own, from the same
+    # pretraining, and scratch uses the fine-tuning recipe (the table compares initialisations).
+    pretrain_stamp = (pretrained / "pretrain" / "checkpoint_final.pt").stat().st_mtime_ns
+    assert cli.main([*args, "--train-seed", "1"]) == 0
+    assert (pretrained / "pretrain" / "checkpoint_final.pt").stat().st_mtime_ns == pretrain_stamp
+    for folder in ("fmunet__3d_fullres__seed1", "fmunet__3d_fullres__scratch-seed1"):
+        config = load_checkpoint(models / folder / "fold_all" / "checkpoint_final.pt")["trainer_config"]
+        assert (config["seed"], config["optimizer"], config["lr"], config["deep_supervision"]) == (1, "adam", 1e-3, False), folder
+    assert load_checkpoint(scratch / "fold_all" / "checkpoint_final.pt")["trainer_config"]["optimizer"] == "adam"

@@ -194,3 +194,9 @@ def test_network_choices(run):
 def test_cli_reports_bad_input_in_one_line(run, capsys, extra, message):
     assert main(extra + ["--device", "cpu"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_snapshot_every_reaches_the_pretraining_config(run):
+    overrides = [s for s in run["settings"] if s != "--set"] + ["snapshot_every=5"]
+    request = PretrainRequest(datasets=["1"], iterations=ITERATIONS, overrides=overrides, validation_samples=16, progress=False)
+    assert prepare(request, write=False).config.snapshot_every == 5

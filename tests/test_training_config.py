@@ -26,8 +26,10 @@ def test_supervised_defaults_are_nnunets():
 
 
 def test_finetune_and_pretraining_presets():
-    finetune = finetune_defaults()
-    assert finetune.lr == 1e-2 and finetune.schedule == "warmup_poly" and finetune.warmup_steps() == 12500
+    finetune = finetune_defaults()  # MIS-FM's recipe, chosen on the Hippocampus validation split
+    assert (finetune.optimizer, finetune.lr, finetune.weight_decay, finetune.schedule, finetune.poly_exponent) == ("adam", 1e-3, 1e-5, "poly", 0.8)
+    assert (finetune.warmup_steps(), finetune.grad_clip, finetune.deep_supervision) == (0, None, False)
+    assert finetune.total_iterations() == supervised_defaults().total_iterations()
     pretrain = pretraining_defaults()
     assert (pretrain.optimizer, pretrain.lr, pretrain.weight_decay, pretrain.schedule) == ("adam", 1e-3, 1e-5, "step")
     assert (pretrain.step_size, pretrain.step_gamma, pretrain.total_iterations()) == (20000, 0.5, 100000)

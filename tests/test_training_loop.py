@@ -12,13 +12,12 @@ from training_helpers import (
     blob_task,
     fast_config,
     make_blob_dataset,
-    tiny_plans,
+    volf_checkpoint,
 )
 
-from volfnet.checkpoint import CheckpointSpec, load_checkpoint, save_checkpoint
+from volfnet.checkpoint import load_checkpoint
 from volfnet.errors import VolfnetError
 from volfnet.model_folder import checkpoint_path
-from volfnet.networks.build import build_network_from_topology
 from volfnet.training.initial_weights import load_initial_weights
 from volfnet.training.loop import run_training, validate_checkpoint
 from volfnet.training.progress import LOG_FILE, LOG_JSON
@@ -125,21 +124,6 @@ def test_resume_and_validation_without_checkpoints_are_clear_errors(tmp_path):
         run_training(task, fast_config(), tmp_path / "run", resume=True, device="cpu")
     with pytest.raises(VolfnetError, match="checkpoint_final.pt does not exist: train this fold first"):
         validate_checkpoint(task, tmp_path / "run", device="cpu")
-
-
-def volf_checkpoint(path, widths=(4, 8, 16), num_classes=5, with_spec=True):
-    """A pretraining-style checkpoint: the same network with a 5-class head."""
-    topology = tiny_plans(widths=list(widths)).configurations["3d_fullres"].network
-    torch.manual_seed(7)
-    model = build_network_from_topology(topology, 1, num_classes)
-    state = {"model_state_dict": model.state_dict()}
-    if with_spec:
-        spec = CheckpointSpec("volf_pretraining", topology, 1, num_classes, [16, 16, 16], [1.0, 1.0, 1.0], [])
-        state["spec"] = spec.to_dict()
-        save_checkpoint(path, state)
-    else:
-        torch.save(state, path)  # PyMIC/MIS-FM layout: only model_state_dict
-    return model.state_dict()
 
 
 def test_training_starts_from_pretrained_weights_and_skips_the_head(tmp_path):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from conftest import make_raw_dataset
 from test_data_dataset import make_case
 
+from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.io.dataset import DatasetJson
+from volfnet.networks.build import build_network_from_topology
 from volfnet.plans import (
     ChannelNormalization,
     ConfigurationPlan,
@@ -87,3 +90,18 @@ def plan_tiny_dataset(raw_root: Path, dataset_id: int = 1) -> None:
     (under the VOLFNET_* roots of the environment)."""
     make_raw_dataset(raw_root, dataset_id=dataset_id, num_cases=5, shape=(16, 20, 20))
     assert plan_main(["-d", str(dataset_id), "--target", "cpu", "-np", "1", "--base-features", "4"]) == 0
+
+
+def volf_checkpoint(path, widths=(4, 8, 16), num_classes=5, with_spec=True):
+    """A pretraining-style checkpoint: the same network with a 5-class head."""
+    topology = tiny_plans(widths=list(widths)).configurations["3d_fullres"].network
+    torch.manual_seed(7)
+    model = build_network_from_topology(topology, 1, num_classes)
+    state = {"model_state_dict": model.state_dict()}
+    if with_spec:
+        spec = CheckpointSpec("volf_pretraining", topology, 1, num_classes, [16, 16, 16], [1.0, 1.0, 1.0], [])
+        state["spec"] = spec.to_dict()
+        save_checkpoint(path, state)
+    else:
+        torch.save(state, path)  # PyMIC/MIS-FM layout: only model_state_dict
+    return model.state_dict()

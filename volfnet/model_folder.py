@@ -84,6 +84,17 @@ def checkpoint_path(run_folder: Path, kind: str) -> Path:
     return Path(run_folder) / f"checkpoint_{kind}.pt"
 
 
+def snapshot_path(run_folder: Path, iteration: int) -> Path:
+    """``checkpoint_it<iteration>.pt``: the weights after ``iteration`` steps, kept when the
+    run's ``snapshot_every`` asks for it (e.g. to fine-tune from an earlier pretraining state)."""
+    return Path(run_folder) / f"checkpoint_it{int(iteration):07d}.pt"
+
+
+def list_snapshots(run_folder: Path) -> list[Path]:
+    """The run's snapshots, earliest first."""
+    return sorted(Path(run_folder).glob("checkpoint_it*.pt"))
+
+
 @dataclass
 class ModelFolder:
     """A model folder opened for reading: its plans, dataset.json and configuration."""

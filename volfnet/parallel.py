@@ -10,7 +10,11 @@ evaluation), so they share one behaviour:
   torch and volfnet in every worker, which costs seconds per pool. Functions must be
   module-level (``functools.partial`` of one is fine) and arguments picklable.
 - Pools are kept for the life of the process and reused by later stages (integrity check,
-  fingerprint and preprocessing run back to back), so workers start once per run.
+  fingerprint and preprocessing run back to back), so workers start once per run. The
+  interpreter's exit stops them; a process that ends another way must call
+  :func:`shutdown_pools` itself. A spawned process (a ``--num-gpus`` training rank) is one:
+  multiprocessing's exit joins its child processes *before* any atexit handler runs, and a
+  kept pool's idle workers never exit on their own, so the rank would hang after its work.
 - A worker's exception comes back as itself, with a note naming the item, never as a bare
   "worker died". Only a worker killed from outside (usually for lack of memory) becomes a
   :class:`VolfnetError` that says so and suggests fewer workers.
@@ -24,9 +28,10 @@ import atexit
 import functools
 import multiprocessing
 import os
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -53,17 +58,18 @@ def _pool(num_workers: int) -> ProcessPoolExecutor:
     return pool
 
 
-def _discard_pool(num_workers: int) -> None:
+def _discard_pool(num_workers: int, wait: bool = False) -> None:
     pool = _POOLS.pop(num_workers, None)
     if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=wait, cancel_futures=True)
 
 
 @atexit.register
-def shutdown_pools() -> None:
-    """Stop every kept pool (also called at interpreter exit)."""
+def shutdown_pools(wait: bool = False) -> None:
+    """Stop every kept pool (also called at interpreter exit); with ``wait``, return only once
+    their workers have exited (queued items are cancelled, running ones finish)."""
     for num_workers in list(_POOLS):
-        _discard_pool(num_workers)
+        _discard_pool(num_workers, wait)
 
 
 def default_num_workers() -> int:

@@ -86,7 +86,8 @@ def main() -> None:
     hippocampus = args.hippocampus_work.resolve()
     ours = volfnet_side(hippocampus, args.tag, args.iterations_per_epoch)
     split = json.loads((hippocampus / "preprocessed" / DATASET / "splits.json").read_text())
-    held_out = split[ours["fold"]]["val"]
+    # The held-out cases run_hippocampus.py linked (the folds validate on a separate split).
+    held_out = sorted(path.name[: -len("_0000.nii.gz")] for path in (hippocampus / "imagesHeldOut").glob("*_0000.nii.gz"))
     bin_dir = ensure_nnunet_venv()
     install_trainer(bin_dir)
 

@@ -3,25 +3,29 @@ label budgets, scored on cases held out from every training run.
 
     python benchmarks/hippocampus/run_hippocampus.py [--msd ../shared/data/Task04_Hippocampus]
         [--target cpu_small --patch-size 40 56 40] [--pretrain-iterations 2000] [--iterations 400 --iterations-all 3000]
-        [--runs small_scratch small_volf all_scratch all_volf small_volfenc small_volfbox small_volfbox24 ...]
+        [--runs small_scratch small_scratchadam small_volfbox24adam all_scratch ...] [--validation 20]
         [--train-seeds 12345 1 2]
 
 Stages, each a console command run as a user would type it (printed, timed, logged):
 
 1. ``volfnet_convert_msd`` and ``volfnet_plan_and_preprocess`` for the compute target;
-2. a ``splits.json`` (nnU-Net's user-editable format) whose folds share one held-out set:
-   fold 0 trains on every other labelled case, fold 1 on a seeded subset of ``--small`` cases;
+2. a ``splits.json`` (nnU-Net's user-editable format) from one seeded permutation: ``--held-out``
+   test cases kept out of every run and scored once per run, ``--validation`` cases that are
+   both folds' ``val`` (every choice is made on them), fold 0 training on all other cases and
+   fold 1 on ``--small`` of them;
 3. ``volfnet_pretrain`` on every image of the dataset (labels unused), once per pretraining
    that the runs need (``PRETRAININGS``): the published grid fusion, box fusion (``--tag
    box``), and box fusion on smaller crops for four times the iterations (``--tag box24``);
 4. ``volfnet_train`` for fold 1 (``small``) and fold 0 (``all``), each from scratch and
    fine-tuned with the same number of iterations (``--iterations`` for the small label budget,
    ``--iterations-all`` for all cases); ``VARIANTS`` says which pretraining a run starts
-   from and with which flags (``volfenc``: ``--encoder-only``); ``--runs`` picks runs and
+   from and with which recipe and flags (``scratchadam``: MIS-FM's Adam recipe from scratch,
+   ``volfbox24adam``: the fine-tuning preset, ``volfbox24``: the SGD preset before it,
+   ``volfbox24staged``: frozen then ramped encoder); ``--runs`` picks runs and
    their order, and the run folders carry the budget in their tag (``10_volf_400it``) so
    budgets sit side by side; ``--train-seeds`` trains each run once per trainer seed (tag
    suffix ``_s1`` for seeds other than the default), and the report adds the mean and spread
-   of the Dice over the seeds;
+   of the validation and held-out Dice over the seeds and the paired differences per seed;
 5. ``volfnet_predict`` of the held-out images with each model and ``volfnet_evaluate``.
 
 Everything goes under ``--work`` (default ``benchmarks/_work/hippocampus``); a rerun skips
@@ -66,17 +70,32 @@ PRETRAININGS = {
     "box": ("box", ["--set", "volf.fusion_mode=box"], None),
     "box24": ("box24", ["--set", "volf.fusion_mode=box", "--set", "volf.patch_size=[24,32,24]"], 12000),
 }
-# Variants: (pretraining or None for scratch, extra volfnet_train flags).
+# Recipes, spelled out so that a variant means the same whatever volfnet_train's presets are:
+# MIS-FM's Adam recipe (the fine-tuning preset since issue 15), the SGD fine-tuning preset
+# before it, and staged fine-tuning on top of Adam (encoder frozen for the first epoch while
+# decoder and head settle, then ramped up over the next). Scratch variants without flags use
+# volfnet_train's from-scratch preset, nnU-Net's SGD recipe.
+MISFM = ["--set", "recipe=misfm"]
+# The fine-tuning preset before issue 15 (nnU-Net's SGD, lr 1e-2, 5% warm-up, then poly 0.9).
+SGD_FINETUNE = ["--set", "recipe=nnunet", "--set", "schedule=warmup_poly", "--set", "warmup_fraction=0.05"]
+STAGED = [*MISFM, "--set", "encoder_frozen_iterations=100", "--set", "encoder_warmup_iterations=100"]
+# Variants: (pretraining or None for scratch, extra volfnet_train flags, description). Names
+# carry no underscore (run names are BUDGET_VARIANT).
 VARIANTS = {
-    "scratch": (None, []), "volf": ("grid", []), "volfenc": ("grid", ["--encoder-only"]), "volfbox": ("box", []),
-    "volfbox24": ("box24", []),
+    "scratch": (None, [], "scratch (SGD 1e-2)"),
+    "scratchadam": (None, MISFM, "scratch (Adam 1e-3)"),
+    "volf": ("grid", SGD_FINETUNE, "VolF grid (SGD)"),
+    "volfenc": ("grid", [*SGD_FINETUNE, "--encoder-only"], "VolF grid, encoder only (SGD)"),
+    "volfbox": ("box", SGD_FINETUNE, "VolF box (SGD)"),
+    "volfboxadam": ("box", MISFM, "VolF box (Adam 1e-3)"),
+    "volfbox24": ("box24", SGD_FINETUNE, "VolF box24 (SGD)"),
+    "volfbox24adam": ("box24", MISFM, "VolF box24 (Adam 1e-3)"),
+    "volfbox24adamenc": ("box24", [*MISFM, "--encoder-only"], "VolF box24, encoder only (Adam 1e-3)"),
+    "volfbox24staged": ("box24", STAGED, "VolF box24 (Adam 1e-3, staged)"),
 }
 RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
-DEFAULT_RUNS = ["small_scratch", "small_volf", "all_scratch", "all_volf"]
-INITIALISATIONS = {
-    "scratch": "scratch", "volf": "VolF-pretrained", "volfenc": "VolF-pretrained encoder", "volfbox": "VolF-pretrained (box fusion)",
-    "volfbox24": "VolF-pretrained (box fusion, 24x32x24 crops)",
-}
+DEFAULT_RUNS = ["small_scratch", "small_scratchadam", "small_volfbox24adam", "all_scratch", "all_volfbox24adam"]
+TARGET_DICE = 0.80  # "reaches 0.80 validation Dice in at most half the iterations scratch needs"
 
 
 def parse_args() -> argparse.Namespace:
@@ -87,6 +106,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, nargs=3, default=[40, 56, 40], help="patch override; 0 0 0: the planner's choice")
     parser.add_argument("--held-out", type=int, default=40, help="labelled cases kept out of every training run")
     parser.add_argument("--small", type=int, default=10, help="labelled cases of the small label budget")
+    parser.add_argument("--validation", type=int, default=20, help="cases of the validation split (choices are made on them)")
     parser.add_argument("--pretrain-iterations", type=int, default=2000)
     parser.add_argument("--iterations", type=int, default=400, help="training iterations of the two small-budget runs")
     parser.add_argument("--iterations-all", type=int, default=3000, help="iterations of the two runs with every training case")
@@ -101,21 +121,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def write_splits(preprocessed: Path, held_out: int, small: int, seed: int) -> dict[str, list[str]]:
-    """Fold 0: all but the held-out cases; fold 1: ``small`` of them; both validate on the held-out set."""
+def write_splits(preprocessed: Path, held_out: int, small: int, validation: int, seed: int) -> dict[str, list[str]]:
+    """Three disjoint sets from one seeded permutation: ``held_out`` test cases (scored once per
+    run, never used for a choice), ``validation`` cases (the folds' ``val``: every choice of
+    recipe or checkpoint is made on them), and the training cases. Fold 0 trains on every
+    training case, fold 1 on the first ``small`` of them. The test and small sets are the same
+    as before the validation split existed (the permutation's first ``held_out`` cases, then
+    ``small``), so older tables stay comparable."""
     cases = list_preprocessed_cases(preprocessed / DATASET / CONFIGURATION)
     rng = np.random.default_rng(seed)
     order = [cases[i] for i in rng.permutation(len(cases))]
-    test, train = sorted(order[:held_out]), order[held_out:]
-    subset = sorted(train[:small])
-    splits = [{"train": sorted(train), "val": test}, {"train": subset, "val": test}]
+    test, rest = sorted(order[:held_out]), order[held_out:]
+    subset = sorted(rest[:small])
+    val = sorted(rest[small:small + validation])
+    train = sorted(set(rest) - set(val))
+    splits = [{"train": train, "val": val}, {"train": subset, "val": val}]
     path = preprocessed / DATASET / "splits.json"
     if path.is_file():
         existing = json.loads(path.read_text())
         if existing != splits:
             raise SystemExit(f"{path} exists with other folds; remove it (and the results) to rerun with these settings")
     path.write_text(json.dumps(splits, indent=1))
-    return {"train": sorted(train), "small": subset, "test": test}
+    return {"train": train, "small": subset, "val": val, "test": test}
 
 
 def link_held_out(raw: Path, test: list[str], folder: Path) -> tuple[Path, Path]:
@@ -133,19 +160,66 @@ def link_held_out(raw: Path, test: list[str], folder: Path) -> tuple[Path, Path]
     return images, labels
 
 
+def validation_dice(run_folder: Path) -> float:
+    """Mean foreground Dice of the run's final full-volume validation (the validation split)."""
+    summary = json.loads((run_folder / "validation" / "summary.json").read_text())
+    return float(summary["foreground_mean"]["Dice"])
+
+
+def iterations_to_target(run_folder: Path, iterations_per_epoch: int) -> int | None:
+    """Iterations after which the validation pseudo Dice (mean over classes, logged once per
+    epoch) first reached :data:`TARGET_DICE`; None when it never did."""
+    log = json.loads((run_folder / "training_log.json").read_text())
+    for epoch, dice in zip(log["epoch"], log["mean_dice"]):
+        if dice is not None and dice >= TARGET_DICE:
+            return (int(epoch) + 1) * iterations_per_epoch
+    return None
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
 def seed_summary(runs) -> list[str]:
-    """Mean Dice over the trainer seeds of each (labelled cases, initialisation, iterations) group:
-    at small budgets the seed alone moves the held-out Dice by tens of points, so single runs
-    cannot rank the initialisations."""
-    groups: dict[tuple, list[float]] = {}
+    """Mean and spread over the trainer seeds of each (labelled cases, initialisation,
+    iterations) group, on the validation split (where choices are made) and on the held-out
+    cases: at small budgets the seed alone moves the Dice by tens of points, so single runs
+    cannot rank recipes."""
+    groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["labelled_cases"], run["initialisation"], run["iterations"]), []).append(run["mean_dice"])
-    lines = ["| labelled cases | initialisation | iterations | seeds | mean Dice: mean | sd | min | max |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for (cases, initialisation, iterations), values in groups.items():
-        sd = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-        lines.append(f"| {cases} | {initialisation} | {iterations} | {len(values)} | {np.mean(values):.3f} | {sd:.3f} | "
-                     f"{min(values):.3f} | {max(values):.3f} |")
+        groups.setdefault((run["labelled_cases"], run["initialisation"], run["iterations"]), []).append(run)
+    header = ("| labelled cases | initialisation | iterations | seeds | validation Dice: mean | sd | held-out Dice: mean | sd | min | max "
+              f"| iterations to {TARGET_DICE:.2f} val. pseudo Dice |")
+    lines = [header,
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for (cases, initialisation, iterations), group in groups.items():
+        test = [run["mean_dice"] for run in group]
+        val_mean, val_sd = _stats([run["validation_dice"] for run in group])
+        test_mean, test_sd = _stats(test)
+        reached = ", ".join(str(run["iterations_to_target"]) if run["iterations_to_target"] else "-" for run in group)
+        lines.append(f"| {cases} | {initialisation} | {iterations} | {len(group)} | {val_mean:.3f} | {val_sd:.3f} | "
+                     f"{test_mean:.3f} | {test_sd:.3f} | {min(test):.3f} | {max(test):.3f} | {reached} |")
+    return lines
+
+
+def paired_differences(runs, reference: str) -> list[str]:
+    """Per trainer seed, each variant's held-out Dice minus the ``reference`` variant's at the
+    same labelled cases and iterations (the seed fixes the initial decoder, the batches and
+    the augmentation, so the pairs share everything but the recipe)."""
+    by_key = {(run["labelled_cases"], run["iterations"], run["seed"], run["variant"]): run for run in runs}
+    lines = [f"| labelled cases | iterations | variant | paired seeds | held-out Dice minus {reference}: mean | sd | per seed |",
+             "|---:|---:|---|---:|---:|---:|---|"]
+    variants = dict.fromkeys(run["variant"] for run in runs if run["variant"] != reference)
+    for cases, iterations in dict.fromkeys((run["labelled_cases"], run["iterations"]) for run in runs):
+        for variant in variants:
+            pairs = [(seed, by_key[(cases, iterations, seed, variant)]["mean_dice"] - base["mean_dice"])
+                     for (c, it, seed, v), base in by_key.items()
+                     if (c, it, v) == (cases, iterations, reference) and (cases, iterations, seed, variant) in by_key]
+            if not pairs:
+                continue
+            mean, sd = _stats([d for _, d in pairs])
+            per_seed = ", ".join(f"{seed}: {d:+.3f}" for seed, d in pairs)
+            lines.append(f"| {cases} | {iterations} | {VARIANTS[variant][2]} | {len(pairs)} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
     return lines
 
 
@@ -160,7 +234,7 @@ def main() -> None:
     if any(args.patch_size):
         plan += ["--patch-size", *map(str, args.patch_size)]
     runner.run("plan_and_preprocess", plan, done=preprocessed / DATASET / "plans.json")
-    cases = write_splits(preprocessed, args.held_out, args.small, args.seed)
+    cases = write_splits(preprocessed, args.held_out, args.small, args.validation, args.seed)
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     pretrained = {}
@@ -187,9 +261,10 @@ def main() -> None:
         folder = model_folder_path(DATASET, network, CONFIGURATION, results, tag)
         command = ["volfnet_train", "4", CONFIGURATION, str(fold), "--tag", tag, "--device", args.device,
                    "--set", f"num_epochs={epochs[key]}", *common, *seeded]
-        pretraining, flags = VARIANTS[variant]
+        pretraining, flags, description = VARIANTS[variant]
         if pretraining is not None:
-            command += ["--pretrained", str(pretrained[pretraining]), *flags]
+            command += ["--pretrained", str(pretrained[pretraining])]
+        command += flags
         runner.run(f"train {tag}", command, done=checkpoint_path(fold_folder(folder, fold), "final"))
         predictions = work / "predictions" / tag
         runner.run(
@@ -202,7 +277,10 @@ def main() -> None:
         summary = json.loads((predictions / "summary.json").read_text())
         runs[tag] = {
             "labelled_cases": len(cases["train"]) if key == "all" else args.small,
-            "initialisation": INITIALISATIONS[variant],
+            "initialisation": description,
+            "variant": variant,
+            "validation_dice": validation_dice(fold_folder(folder, fold)),
+            "iterations_to_target": iterations_to_target(fold_folder(folder, fold), args.iterations_per_epoch),
             "iterations": total,
             "seed": seed,
             "dice": {name: summary["mean"][label]["Dice"] for label, name in LABEL_NAMES.items()},
@@ -217,15 +295,16 @@ def main() -> None:
         "runs": runs, "stages": runner.stages,
     }
     (work / "results.json").write_text(json.dumps(report, indent=1))
-    lines = ["| labelled cases | initialisation | iterations | seed | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| labelled cases | initialisation | iterations | seed | validation Dice | Dice anterior | Dice posterior | mean Dice | HD95 anterior (mm) | HD95 posterior (mm) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in runs.values():
         lines.append(
-            f"| {run['labelled_cases']} | {run['initialisation']} | {run['iterations']} | {run['seed']} | "
+            f"| {run['labelled_cases']} | {run['initialisation']} | {run['iterations']} | {run['seed']} | {run['validation_dice']:.3f} | "
             f"{run['dice']['anterior']:.3f} | {run['dice']['posterior']:.3f} | {run['mean_dice']:.3f} | "
             f"{run['hd95']['anterior']:.2f} | {run['hd95']['posterior']:.2f} |"
         )
-    lines += ["", *seed_summary(runs.values())]
+    lines += ["", *seed_summary(runs.values()), "", *paired_differences(runs.values(), "scratch"),
+              "", *paired_differences(runs.values(), "scratchadam")]
     lines += ["", "| stage | seconds | command |", "|---|---:|---|"]
     lines += [f"| {s['stage']} | {s['seconds'] if s['seconds'] is not None else 'not recorded'} | `{s['command']}` |" for s in runner.stages]
     (work / "results.md").write_text("\n".join(lines) + "\n")

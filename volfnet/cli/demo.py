@@ -1,7 +1,7 @@
 """``volfnet_demo``: the whole volfnet path on a built-in synthetic CT dataset (no download).
 
 Generate scans → plan and preprocess → VolF pretraining → fine-tuning → training from scratch
-with the same budget → prediction of held-out scans in their original geometry → evaluation,
+with the same budget and recipe → prediction of held-out scans in their original geometry → evaluation,
 then a table of Dice per class, pretrained vs scratch, and where the outputs and plots are.
 """
 
@@ -22,6 +22,7 @@ from volfnet.demo.pipeline import (
     run_demo,
 )
 from volfnet.demo.synthetic import DemoDatasetSizes
+from volfnet.training.config import DEFAULT_SEED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default=COMPUTE_TARGET, help=f"compute target of the plans (default {COMPUTE_TARGET})")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="device (default: CUDA when available)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic data")
+    parser.add_argument("--train-seed", type=int, default=DEFAULT_SEED,
+                        help=f"trainer seed of both models (default {DEFAULT_SEED}); another seed trains into its own model folders")
     parser.add_argument("-np", "--num-workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             train_epochs=args.epochs,
             iterations_per_epoch=args.iterations_per_epoch,
             compute_target=args.target,
+            train_seed=args.train_seed,
         )
         result = run_demo(settings, on_stage=lambda index, total, title: print(f"\n[{index}/{total}] {title}", flush=True))
         print()

@@ -25,6 +25,7 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
+from volfnet.training.config import DEFAULT_SEED, FINETUNE_RECIPE
 from volfnet.training.pretrain import PretrainRequest, pretrain
 from volfnet.training.train import TrainRequest, train
 
@@ -56,6 +57,7 @@ class DemoSettings:
     train_epochs: int = TRAIN_EPOCHS
     iterations_per_epoch: int = ITERATIONS_PER_EPOCH
     compute_target: str = COMPUTE_TARGET
+    train_seed: int = DEFAULT_SEED  # trainer seed of both models; other seeds train into their own model folders
 
 
 @dataclass
@@ -80,7 +82,16 @@ def _trainer_overrides(settings: DemoSettings) -> list[str]:
         f"val_iterations={VALIDATION_ITERATIONS}",
         f"num_workers={settings.num_workers}",
         f"checkpoint_every={max(1, settings.train_epochs // 2)}",
+        f"seed={settings.train_seed}",
     ]
+
+
+def _model_tags(settings: DemoSettings) -> tuple[str, str]:
+    """Model-folder tags of the fine-tuned and the scratch model: the default trainer seed keeps
+    the plain names; another seed gets folders of its own (the pretraining is shared)."""
+    if settings.train_seed == DEFAULT_SEED:
+        return "", SCRATCH_TAG
+    return f"seed{settings.train_seed}", f"{SCRATCH_TAG}-seed{settings.train_seed}"
 
 
 def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> DemoResult:
@@ -111,10 +122,11 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
     )
     plans = planned.plans
     network = plans.configuration(CONFIGURATION).network.name
-    model = model_folder_path(plans.dataset_name, network, CONFIGURATION)
-    scratch_model = model_folder_path(plans.dataset_name, network, CONFIGURATION, tag=SCRATCH_TAG)
+    finetune_tag, scratch_tag = _model_tags(settings)
+    model = model_folder_path(plans.dataset_name, network, CONFIGURATION, tag=finetune_tag)
+    scratch_model = model_folder_path(plans.dataset_name, network, CONFIGURATION, tag=scratch_tag)
 
-    pretrained_checkpoint = checkpoint_path(pretrain_folder(model), "final")
+    pretrained_checkpoint = checkpoint_path(pretrain_folder(model_folder_path(plans.dataset_name, network, CONFIGURATION)), "final")
     timed(
         "pretrain", 3, f"VolF pretraining, {settings.pretrain_iterations} iterations -> {pretrained_checkpoint.parent}",
         lambda: _unless(pretrained_checkpoint, lambda: pretrain(
@@ -130,18 +142,20 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
         )),
     )
     budget = settings.train_epochs * settings.iterations_per_epoch
+    # Both models train with the fine-tuning recipe, so the table compares initialisations, not
+    # optimisers (scratch with nnU-Net's SGD learns far more slowly at this budget).
     for name, index, tag, pretrained, folder in (
-        ("finetune", 4, "", "final", model),
-        ("scratch", 5, SCRATCH_TAG, None, scratch_model),
+        ("finetune", 4, finetune_tag, "final", model),
+        ("scratch", 5, scratch_tag, None, scratch_model),
     ):
         final = checkpoint_path(fold_folder(folder, FOLD), "final")
-        title = "fine-tuning the pretrained network" if pretrained else "training from scratch (same budget)"
+        title = "fine-tuning the pretrained network" if pretrained else "training from scratch (same budget and recipe)"
         timed(
             name, index, f"{title}, {budget} iterations -> {final.parent}",
             lambda tag=tag, pretrained=pretrained, final=final: _unless(final, lambda: train(
                 TrainRequest(
                     dataset=str(DEMO_DATASET_ID), configuration=CONFIGURATION, fold=FOLD, pretrained=pretrained,
-                    device=settings.device, overrides=_trainer_overrides(settings), tag=tag,
+                    device=settings.device, overrides=[f"recipe={FINETUNE_RECIPE}", *_trainer_overrides(settings)], tag=tag,
                 )
             )),
         )

@@ -10,12 +10,13 @@ until a GPU benchmark shows it faster for these networks.
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from contextlib import AbstractContextManager
 
 import torch
 from torch import nn
 
 CHANNELS_LAST_DEFAULT = {"cpu": False, "cuda": False}  # measured slower on CPU; unmeasured on CUDA
+ARCHITECTURE_BUFFERS = "ARCHITECTURE_BUFFERS"  # class attribute: names of a module's architecture-fixed buffers
 
 
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -35,7 +36,7 @@ def needs_grad_scaler(dtype: torch.dtype | None) -> bool:
     return dtype == torch.float16
 
 
-def autocast(device: torch.device | str, enabled: bool = True) -> ContextManager[object]:
+def autocast(device: torch.device | str, enabled: bool = True) -> AbstractContextManager[object]:
     """``torch.autocast`` with :func:`autocast_dtype`, or a no-op where fp32 is the choice."""
     device = torch.device(device)
     dtype = autocast_dtype(device)
@@ -61,3 +62,21 @@ def prepare_input(x: torch.Tensor, device: torch.device | str, channels_last: bo
     """Move a (B, C, Z, Y, X) batch to ``device`` in the same memory format as the model."""
     fmt = torch.channels_last_3d if use_channels_last(device, channels_last) else torch.contiguous_format
     return x.to(device=torch.device(device), memory_format=fmt, non_blocking=True)
+
+
+def architecture_buffer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the buffers that are a fixed function of the architecture (each
+    module lists its own in an ``ARCHITECTURE_BUFFERS`` class attribute; absent ones, e.g. the
+    shift regions of an unshifted block, are left out).
+
+    Every process of a multi-process run builds them identically (and loads the same
+    checkpoint), so DistributedDataParallel can skip them instead of broadcasting them at start
+    and before every forward.
+    """
+    names = []
+    for prefix, module in model.named_modules():
+        present = dict(module.named_buffers(recurse=False))  # a None buffer is not listed
+        for name in getattr(type(module), ARCHITECTURE_BUFFERS, ()):
+            if name in present:
+                names.append(f"{prefix}.{name}" if prefix else name)
+    return names

@@ -24,6 +24,9 @@ SHIFT_MASK_VALUE = -100.0  # additive score between non-adjacent regions after t
 BIAS_INIT_STD = 0.02  # truncated-normal std for the bias table and linear weights (Swin init)
 TRUNCATION_BOUND = 2.0  # absolute cut-off of that truncated normal (the Swin/timm default)
 NEVER_REACHED_SIGMAS = 30.0  # P(|z| > 30) ~ 1e-197: a cut-off this far out needs no redraw check
+# Shift-region labels (27 of them) as uint8: small, and a dtype that DistributedDataParallel can
+# broadcast over both gloo and NCCL (neither takes int16, which made DDP fail at start).
+REGION_DTYPE = torch.uint8
 
 
 @torch.no_grad()
@@ -92,7 +95,7 @@ def shifted_window_regions(padded_size: Triple, window: int, shift: int) -> torc
     Tokens of one window that carry different labels were not neighbours before the shift;
     :func:`region_mask` turns this compact form (N per window, not N**2) into the mask.
     """
-    regions = torch.zeros(padded_size, dtype=torch.int16, device="cpu")
+    regions = torch.zeros(padded_size, dtype=REGION_DTYPE, device="cpu")
     bounds = ((0, -window), (-window, -shift), (-shift, None))
     label = 0
     for d0, d1 in bounds:
@@ -148,6 +151,10 @@ class Mlp(nn.Module):
 class WindowAttention3D(nn.Module):
     """Multi-head self-attention inside cubic windows with a relative-position bias."""
 
+    # A fixed function of the window size (released checkpoints carry the same values): every
+    # process builds it identically, so DDP need not broadcast it (networks.runtime).
+    ARCHITECTURE_BUFFERS = ("relative_position_index",)
+
     def __init__(self, dim: int, window: int, num_heads: int, dropout: float) -> None:
         super().__init__()
         self.window = window
@@ -190,6 +197,8 @@ class SwinBlock3D(nn.Module):
     A grid no larger than the window in some axis uses one window of the smallest grid size
     and no shift (the original Swin rule), which also changes the bias-table shape.
     """
+
+    ARCHITECTURE_BUFFERS = ("shift_regions",)  # a fixed function of the grid, window and shift
 
     def __init__(
         self, dim: int, resolution: Triple, num_heads: int, window: int, shift: int, dropout: float, drop_path: float

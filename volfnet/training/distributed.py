@@ -12,6 +12,10 @@ Conventions (documented in ``documentation/training.md``): every process trains 
 batches of the plans' batch size (the effective batch is N times larger), drawn with its own
 seed (:func:`rank_seed`); gradients are averaged by DDP; only rank 0 writes checkpoints, logs
 and plots. NCCL on CUDA, gloo on the CPU (used by the tests).
+
+Leaving, either way in: :func:`shutdown` stops the worker pools the process kept and leaves the
+group, after an error too, so a finished rank exits and a failed one exits at once; torchrun or
+:func:`launch` then stops the others. (``documentation/cluster.md`` lists what is tested.)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 
 from volfnet.errors import VolfnetError
+from volfnet.parallel import shutdown_pools
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,11 @@ def setup(device_type: str) -> tuple[DistContext, bool]:
 
 
 def shutdown() -> None:
+    """Leave the job: stop the worker pools this process kept (the final validation's
+    evaluation starts one) and leave the process group. Stopping the pools matters in a
+    spawned rank: its exit joins every child process before atexit handlers could stop them,
+    so idle pool workers would keep it (and ``--num-gpus``) waiting forever."""
+    shutdown_pools(wait=True)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -143,7 +153,11 @@ def free_port() -> int:
 def launch(fn: Callable[..., Any], num_processes: int, args: Sequence[Any] = (), device_type: str = "cuda") -> None:
     """Run ``fn(*args)`` in ``num_processes`` new processes on this machine, each already in the
     process group (rank = local rank). ``fn`` and ``args`` must be picklable (a module-level
-    function). A :class:`VolfnetError` in any process is re-raised here with its message."""
+    function). A :class:`VolfnetError` in any process is re-raised here with its message.
+
+    A process that raises leaves the job at once (:func:`shutdown`), and the first non-zero exit
+    makes torch stop the others, which may be waiting for it in a collective: the call raises
+    promptly instead of leaving them to gloo's or NCCL's 30-minute timeout."""
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise VolfnetError(f"the number of processes must be a positive integer, got {num_processes!r}")
     if device_type == "cuda" and num_processes > torch.cuda.device_count():
@@ -187,12 +201,11 @@ def _run_rank(
             ENV_MASTER_PORT: str(port),
         }
     )
-    _, joined = setup(device_type)
     try:
+        setup(device_type)
         fn(*args)
     except VolfnetError as exc:
         errors.put(f"process {local_rank}: {exc}")
         raise
     finally:
-        if joined:
-            shutdown()
+        shutdown()  # also when fn raised: this process then exits at once, and launch stops the others

@@ -12,7 +12,10 @@ leaves the previous file intact):
 - ``checkpoint_latest.pt`` every ``checkpoint_every`` epochs and after the last epoch: the
   point ``resume=True`` continues from;
 - ``checkpoint_best.pt`` whenever the moving average of the pseudo Dice improves;
-- ``checkpoint_final.pt`` when training ends.
+- ``checkpoint_final.pt`` when training ends;
+- ``checkpoint_it<N>.pt`` after every ``snapshot_every`` epochs (when set): the weights and
+  spec only, kept so that fine-tuning can start from an earlier pretraining state (a pretext
+  learned further is not always the better start).
 
 Each holds the weights, optimiser, schedule position, gradient scaler, epoch, logs, trainer
 config, random generator states and the task's spec. Batches are seeded by their index, so a
@@ -35,8 +38,9 @@ from tqdm import tqdm
 from volfnet.checkpoint import load_checkpoint, save_checkpoint
 from volfnet.data.loader import Batch, BatchLoader, default_num_workers
 from volfnet.errors import VolfnetError
-from volfnet.model_folder import checkpoint_path
+from volfnet.model_folder import checkpoint_path, snapshot_path
 from volfnet.networks.runtime import (
+    architecture_buffer_names,
     autocast,
     autocast_dtype,
     needs_grad_scaler,
@@ -48,12 +52,14 @@ from volfnet.training import distributed
 from volfnet.training.config import TrainerConfig
 from volfnet.training.initial_weights import load_initial_weights
 from volfnet.training.losses import as_label_map
-from volfnet.training.optim import LRSchedule, build_optimizer, learning_rate
+from volfnet.training.optim import LRSchedule, build_optimizer, learning_rate, parameter_groups
 from volfnet.training.progress import ProgressWriter, TrainingLog, format_epoch
 from volfnet.training.rng import capture_rng_states, restore_rng_states
 from volfnet.training.task import TrainingTask
 
 logger = logging.getLogger(__name__)
+
+SNAPSHOT_KEYS = ("model_state_dict", "epoch", "iteration", "trainer_config", "spec", "checkpoint_kind")
 
 
 @dataclass
@@ -162,7 +168,7 @@ class _Trainer:
         elif pretrained is not None:
             report = load_initial_weights(self.model, Path(pretrained), self.task.spec(), encoder_only)
         prepare_model(self.model, self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), self.config)
+        self.optimizer = build_optimizer(parameter_groups(self.model, self.config), self.config)
         self.schedule = LRSchedule(self.optimizer, self.config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.amp_dtype))
         if checkpoint is not None:
@@ -176,6 +182,11 @@ class _Trainer:
         self.train_model: nn.Module = self.model
         if self.context.is_distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers every rank builds identically (Swin position indices, shift regions) are
+            # not broadcast at start nor before every forward: they cost bandwidth and nothing else.
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.model, architecture_buffer_names(self.model)
+            )
             # static_graph: PCT-Net has branches a given resolution mode never uses; DDP then
             # learns the used set on the first step instead of failing or searching every step.
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True)
@@ -288,6 +299,12 @@ class _Trainer:
         logger.debug("saved %s", path)
         return path
 
+    def _save_snapshot(self) -> Path:
+        path = snapshot_path(self.run_folder, self.schedule.iteration)
+        state = {key: value for key, value in self._state("snapshot").items() if key in SNAPSHOT_KEYS}
+        save_checkpoint(path, state)
+        return path
+
     # ------------------------------------------------------------------- loop
     def run(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> TrainingResult:
         writer = ProgressWriter(self.run_folder) if self.context.is_main else None  # first: log.txt sees the set-up too
@@ -359,4 +376,6 @@ class _Trainer:
             logger.info("new best moving-average pseudo Dice: %.4f", self.log.best_ema_dice)
         if self.epoch % config.checkpoint_every == 0 or self.epoch == config.num_epochs:
             self._save("latest")
+        if config.snapshot_every and self.epoch % config.snapshot_every == 0:
+            self._save_snapshot()
         writer.write(self.log, plot=self.epoch % config.plot_every == 0 or self.epoch == config.num_epochs)

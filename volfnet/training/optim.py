@@ -38,6 +38,40 @@ def learning_rate(config: TrainerConfig, iteration: int) -> float:
     return config.lr * max(1.0 - progress, 0.0) ** config.poly_exponent
 
 
+ENCODER_GROUP = "encoder"
+
+
+def encoder_lr_factor(config: TrainerConfig, iteration: int) -> float:
+    """Multiplier of the schedule's rate for the encoder's parameters at ``iteration``.
+
+    Staged fine-tuning (LP-FT, nnssl's sawtooth): a random decoder and head send large, noisy
+    gradients into pretrained features, so the encoder waits (factor 0) for
+    ``encoder_frozen_iterations`` while they settle, then ramps linearly over
+    ``encoder_warmup_iterations`` to ``encoder_lr_scale``.
+    """
+    since = int(iteration) - config.encoder_frozen_iterations
+    if since < 0:
+        return 0.0
+    ramp = min(1.0, (since + 1) / config.encoder_warmup_iterations) if config.encoder_warmup_iterations > 0 else 1.0
+    return config.encoder_lr_scale * ramp
+
+
+def parameter_groups(model: nn.Module, config: TrainerConfig) -> list[dict]:
+    """The optimiser's parameter groups: one, or the encoder (named by the network's
+    ``encoder_key_prefixes``, the part pretraining transfers) and the rest when the config
+    gives the encoder its own rate."""
+    if not config.stages_encoder():
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    prefixes = tuple(getattr(model, "encoder_key_prefixes", ()))
+    if not prefixes:
+        raise VolfnetError(f"{type(model).__name__} names no encoder, so encoder_lr_scale and encoder_frozen_iterations cannot apply")
+    encoder, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (encoder if name.startswith(prefixes) else rest).append(parameter)
+    return [{"params": encoder, "name": ENCODER_GROUP}, {"params": rest, "name": "decoder"}]
+
+
 class LRSchedule:
     """Sets the learning rate of every parameter group for the next step; its state is the
     number of steps taken."""
@@ -51,7 +85,8 @@ class LRSchedule:
         """Set and return the learning rate of the coming step."""
         lr = learning_rate(self.config, self.iteration)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            factor = encoder_lr_factor(self.config, self.iteration) if group.get("name") == ENCODER_GROUP else 1.0
+            group["lr"] = lr * factor
         return lr
 
     def step(self) -> None:
@@ -64,11 +99,17 @@ class LRSchedule:
         self.iteration = int(state["iteration"])
 
 
-def build_optimizer(parameters: Iterable[nn.Parameter], config: TrainerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam (L2 weight decay, as PyMIC) or AdamW."""
-    params = [p for p in parameters if p.requires_grad]
-    if not params:
-        raise VolfnetError("the network has no trainable parameters")
+def build_optimizer(parameters: Iterable[nn.Parameter] | list[dict], config: TrainerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), Adam (L2 weight decay, as PyMIC) or AdamW over ``parameters``
+    (tensors, or groups from :func:`parameter_groups`)."""
+    params = list(parameters)
+    if params and isinstance(params[0], dict):
+        if not any(group["params"] for group in params):
+            raise VolfnetError("the network has no trainable parameters")
+    else:
+        params = [p for p in params if p.requires_grad]
+        if not params:
+            raise VolfnetError("the network has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,

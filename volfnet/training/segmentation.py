@@ -104,7 +104,9 @@ class SegmentationTask:
                 f"class_weights has {len(weights)} values but the network has {self.num_classes} classes "
                 f"(background first: {dataset_json.labels})"
             )
-        self.num_outputs = count_outputs(plan, plans.num_input_channels, self.num_classes)
+        # Without deep supervision the network returns its full-resolution output only, and
+        # the batches carry that one target.
+        self.num_outputs = count_outputs(plan, plans.num_input_channels, self.num_classes) if self.config.deep_supervision else 1
         self.loss_config = DiceCEConfig(
             dice_weight=self.config.dice_weight,
             ce_weight=self.config.ce_weight,
@@ -121,7 +123,9 @@ class SegmentationTask:
         )
 
     def build_network(self) -> nn.Module:
-        return build_network_from_topology(self.plan.network, self.plans.num_input_channels, self.num_classes, deep_supervision=True)
+        return build_network_from_topology(
+            self.plan.network, self.plans.num_input_channels, self.num_classes, deep_supervision=self.config.deep_supervision
+        )
 
     def training_producer(self, seed: int) -> BatchProducerFn:
         return training_producer(
