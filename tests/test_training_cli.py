@@ -83,12 +83,12 @@ def test_train_resume_validate_and_finetune(planned, capsys):
     assert (fold0 / "validation" / "summary.json").is_file()
 
     # --pretrained without a path: this model's pretrain/checkpoint_final.pt (a tagged model
-    # falls back to the untagged folder, where volfnet_pretrain writes); fine-tuning preset (warm-up)
+    # falls back to the untagged folder, where volfnet_pretrain writes); fine-tuning preset (MIS-FM's Adam)
     (model / "pretrain").mkdir()
     shutil.copyfile(fold0 / "checkpoint_final.pt", model / "pretrain" / "checkpoint_final.pt")
     assert train_main(["1", "3d_fullres", "1", *TINY, "--tag", "finetuned", "--pretrained"]) == 0
     tuned = load_checkpoint(planned["results"] / "Dataset001_Toy" / "fmunet__3d_fullres__finetuned" / "fold_1" / "checkpoint_final.pt")
-    assert tuned["trainer_config"]["lr"] == 1e-2 and tuned["trainer_config"]["schedule"] == "warmup_poly"
+    assert (tuned["trainer_config"]["optimizer"], tuned["trainer_config"]["lr"], tuned["trainer_config"]["schedule"]) == ("adam", 1e-3, "poly")
 
     # fold all, encoder only, from a checkpoint file
     assert train_main(["1", "3d_fullres", "all", *TINY, "--pretrained", str(fold0 / "checkpoint_final.pt"), "--encoder-only"]) == 0
