@@ -209,17 +209,15 @@ def paired_differences(runs, reference: str) -> list[str]:
     by_key = {(run["labelled_cases"], run["iterations"], run["seed"], run["variant"]): run for run in runs}
     lines = [f"| labelled cases | iterations | variant | paired seeds | held-out Dice minus {reference}: mean | sd | per seed |",
              "|---:|---:|---|---:|---:|---:|---|"]
-    variants = dict.fromkeys(run["variant"] for run in runs if run["variant"] != reference)
-    for cases, iterations in dict.fromkeys((run["labelled_cases"], run["iterations"]) for run in runs):
-        for variant in variants:
-            pairs = [(seed, by_key[(cases, iterations, seed, variant)]["mean_dice"] - base["mean_dice"])
-                     for (c, it, seed, v), base in by_key.items()
-                     if (c, it, v) == (cases, iterations, reference) and (cases, iterations, seed, variant) in by_key]
-            if not pairs:
-                continue
-            mean, sd = _stats([d for _, d in pairs])
-            per_seed = ", ".join(f"{seed}: {d:+.3f}" for seed, d in pairs)
-            lines.append(f"| {cases} | {iterations} | {VARIANTS[variant][2]} | {len(pairs)} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
+    pairs: dict[tuple, list[tuple[int, float]]] = {}  # (cases, iterations, variant) -> [(seed, difference)]
+    for (cases, iterations, seed, variant), run in by_key.items():
+        base = by_key.get((cases, iterations, seed, reference))
+        if variant != reference and base is not None:
+            pairs.setdefault((cases, iterations, variant), []).append((seed, run["mean_dice"] - base["mean_dice"]))
+    for (cases, iterations, variant), differences in pairs.items():
+        mean, sd = _stats([d for _, d in differences])
+        per_seed = ", ".join(f"{seed}: {d:+.3f}" for seed, d in differences)
+        lines.append(f"| {cases} | {iterations} | {VARIANTS[variant][2]} | {len(differences)} | {mean:+.3f} | {sd:.3f} | {per_seed} |")
     return lines
 
 

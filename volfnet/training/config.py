@@ -10,6 +10,7 @@ checkpoint, so a resumed run continues with the same settings.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -203,7 +204,7 @@ def finetune_defaults() -> TrainerConfig:
     """Fine-tuning a pretrained network: :func:`supervised_defaults` with the
     :data:`FINETUNE_RECIPE` applied (Adam, lr 1e-3, weight decay 1e-5, poly 0.8, no warm-up,
     no clipping, no deep supervision). See ``documentation/training.md`` for the measurements."""
-    return TrainerConfig().replaced(**RECIPES[FINETUNE_RECIPE])
+    return TrainerConfig().replaced(**copy.deepcopy(RECIPES[FINETUNE_RECIPE]))
 
 
 def pretraining_defaults() -> TrainerConfig:
@@ -236,14 +237,16 @@ PRESETS = {"supervised": supervised_defaults, "finetune": finetune_defaults, "pr
 #: scratch baseline and fine-tuning: Adam with L2 weight decay 1e-5, lr 1e-3, poly 0.8, no
 #: warm-up, no clipping, no deep supervision (../shared/specs/volf_finetuning_evidence.md).
 RECIPE_KEY = "recipe"
+RECIPE_FIELDS = (
+    "optimizer", "lr", "weight_decay", "momentum", "nesterov", "betas", "schedule", "poly_exponent",
+    "warmup_iterations", "warmup_fraction", "grad_clip", "deep_supervision",
+)
+_NNUNET = TrainerConfig()  # the dataclass defaults are nnU-Net's recipe: one place for its numbers
 RECIPES: dict[str, dict[str, Any]] = {
-    "nnunet": {
-        "optimizer": "sgd", "lr": 1e-2, "weight_decay": 3e-5, "momentum": 0.99, "nesterov": True, "schedule": "poly",
-        "poly_exponent": 0.9, "warmup_iterations": 0, "warmup_fraction": 0.0, "grad_clip": 12.0, "deep_supervision": True,
-    },
+    "nnunet": {name: getattr(_NNUNET, name) for name in RECIPE_FIELDS},
     "misfm": {
-        "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "betas": [0.9, 0.999], "schedule": "poly",
-        "poly_exponent": 0.8, "warmup_iterations": 0, "warmup_fraction": 0.0, "grad_clip": None, "deep_supervision": False,
+        **{name: getattr(_NNUNET, name) for name in RECIPE_FIELDS},
+        "optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "poly_exponent": 0.8, "grad_clip": None, "deep_supervision": False,
     },
 }
 
@@ -284,7 +287,7 @@ def _override(values: dict[str, Any], assignment: str) -> dict[str, Any]:
     if key == RECIPE_KEY:
         if value not in RECIPES:
             raise VolfnetError(f"unknown recipe {raw!r}; choose one of {sorted(RECIPES)}")
-        return {**values, **RECIPES[value]}
+        return {**values, **copy.deepcopy(RECIPES[value])}  # a config never shares the recipe's lists
     if key.startswith(AUGMENTATION_PREFIX):
         name = key[len(AUGMENTATION_PREFIX):]
         changes = {**values["augmentation"], name: value}

@@ -59,8 +59,6 @@ from volfnet.training.task import TrainingTask
 
 logger = logging.getLogger(__name__)
 
-SNAPSHOT_KEYS = ("model_state_dict", "epoch", "iteration", "trainer_config", "spec", "checkpoint_kind")
-
 
 @dataclass
 class TrainingResult:
@@ -300,9 +298,12 @@ class _Trainer:
         return path
 
     def _save_snapshot(self) -> Path:
+        """Weights and spec only: enough to start fine-tuning from, a third of a full checkpoint."""
         path = snapshot_path(self.run_folder, self.schedule.iteration)
-        state = {key: value for key, value in self._state("snapshot").items() if key in SNAPSHOT_KEYS}
-        save_checkpoint(path, state)
+        save_checkpoint(path, {
+            "model_state_dict": self.model.state_dict(), "epoch": self.epoch, "iteration": self.schedule.iteration,
+            "trainer_config": self.config.to_dict(), "spec": self.task.spec().to_dict(), "checkpoint_kind": "snapshot",
+        })
         return path
 
     # ------------------------------------------------------------------- loop

@@ -103,13 +103,10 @@ def build_optimizer(parameters: Iterable[nn.Parameter] | list[dict], config: Tra
     """SGD (momentum, Nesterov), Adam (L2 weight decay, as PyMIC) or AdamW over ``parameters``
     (tensors, or groups from :func:`parameter_groups`)."""
     params = list(parameters)
-    if params and isinstance(params[0], dict):
-        if not any(group["params"] for group in params):
-            raise VolfnetError("the network has no trainable parameters")
-    else:
-        params = [p for p in params if p.requires_grad]
-        if not params:
-            raise VolfnetError("the network has no trainable parameters")
+    if not params or not isinstance(params[0], dict):
+        params = [{"params": [p for p in params if p.requires_grad]}]
+    if not any(group["params"] for group in params):
+        raise VolfnetError("the network has no trainable parameters")
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
