@@ -5,7 +5,7 @@ import collections
 import pytest
 import torch
 
-from volfnet.checkpoint import CheckpointSpec, checkpoint_spec, load_checkpoint, save_checkpoint
+from volfnet.checkpoint import CHECKSUM_KEY, CheckpointSpec, checkpoint_spec, load_checkpoint, save_checkpoint, weights_checksum
 from volfnet.errors import VolfnetError
 from volfnet.plans import ChannelNormalization, NetworkTopology
 
@@ -72,3 +72,54 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["iteration"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_saved_checkpoints_carry_a_checksum_of_the_weights(tmp_path):
+    path = tmp_path / "checkpoint_final.pt"
+    weights = {"conv.weight": torch.randn(2, 1, 3, 3, 3), "conv.bias": torch.zeros(2), "norm.num_batches_tracked": torch.tensor(3)}
+    save_checkpoint(path, {"model_state_dict": weights})
+    stored = torch.load(path, weights_only=True)
+    assert stored[CHECKSUM_KEY] == weights_checksum(weights) and len(stored[CHECKSUM_KEY]) == 64
+    assert weights_checksum({**weights, "conv.bias": torch.ones(2)}) != stored[CHECKSUM_KEY]
+
+
+def test_a_changed_weight_byte_is_refused_as_corrupt(tmp_path):
+    path = tmp_path / "checkpoint_best.pt"
+    save_checkpoint(path, {"model_state_dict": {"conv.weight": torch.ones(2, 1, 3, 3, 3), "conv.bias": torch.zeros(2)}, "spec": make_spec().to_dict()})
+    data = torch.load(path, weights_only=True)
+    data["model_state_dict"]["conv.weight"].view(-1).view(torch.uint8)[5] ^= 0x01  # one byte of 1.0's mantissa: still finite
+    assert bool(torch.isfinite(data["model_state_dict"]["conv.weight"]).all())
+    torch.save(data, path)  # the stored checksum is kept
+    with pytest.raises(VolfnetError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value).startswith(f"{path}: corrupt checkpoint: its weights do not match the checksum stored when it was written")
+
+
+def test_nan_or_inf_weights_are_refused_on_load_and_on_save(tmp_path):
+    weights = {"conv.weight": torch.ones(2, 1, 3, 3, 3), "conv.bias": torch.tensor([0.0, float("nan")])}
+    volfnet = tmp_path / "volfnet.pt"  # a checksum that matches: the weights themselves are the problem
+    torch.save({"format": "volfnet-checkpoint", "version": 1, "model_state_dict": weights, CHECKSUM_KEY: weights_checksum(weights)}, volfnet)
+    torch.save({"model_state_dict": weights, "iteration": 10}, tmp_path / "pymic.pt")
+    torch.save({"conv.weight": torch.full((2,), float("inf")), "conv.bias": torch.zeros(2)}, tmp_path / "bare.pt")
+    for name, key in (("volfnet.pt", "conv.bias"), ("pymic.pt", "conv.bias"), ("bare.pt", "conv.weight")):
+        with pytest.raises(VolfnetError) as caught:
+            load_checkpoint(tmp_path / name)
+        assert str(caught.value).startswith(f"{tmp_path / name}: weight tensor {key!r} holds NaN/inf"), str(caught.value)
+
+    path = tmp_path / "checkpoint_latest.pt"
+    save_checkpoint(path, {"model_state_dict": {"w": torch.ones(3)}, "iteration": 1})
+    before = path.read_bytes()
+    with pytest.raises(VolfnetError, match=r"refused to write .*checkpoint_latest.pt: weight tensor 'w' holds NaN/inf; the previous checkpoint"):
+        save_checkpoint(path, {"model_state_dict": {"w": torch.tensor([1.0, float("inf"), 0.0])}, "iteration": 2})
+    assert path.read_bytes() == before
+
+
+def test_checkpoints_without_a_checksum_still_load(tmp_path):
+    """Checkpoints written by volfnet before checksums existed (same format version)."""
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, {"model_state_dict": {"w": torch.arange(4.0)}, "spec": make_spec().to_dict()})
+    data = torch.load(path, weights_only=True)
+    del data[CHECKSUM_KEY]
+    torch.save(data, path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model_state_dict"]["w"], torch.arange(4.0)) and checkpoint_spec(loaded) == make_spec()

@@ -184,3 +184,22 @@ def test_model_folder_is_found_without_the_preprocessed_plans(setup, tmp_path, m
     assert locate_model_folder("4", "3d_fullres") == setup.model_folder  # the one network trained for it
     with pytest.raises(VolfnetError, match="no such model folder"):
         locate_model_folder(DATASET_NAME, "3d_fullres", network="pctnet")
+
+
+def truncate(path: Path, fraction: float = 0.6) -> None:
+    """Keep the first ``fraction`` of a file's bytes (a copy cut short, a disk filled up)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+
+
+def test_a_truncated_gzip_image_fails_its_case_names_the_file_and_the_others_are_predicted(setup, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    for case in ("case_000", "case_001"):
+        shutil.copyfile(setup.raw_folder / "imagesTr" / f"{case}_0000.nii.gz", images / f"{case}_0000.nii.gz")
+    truncate(images / "case_001_0000.nii.gz")
+    sitk.ReadImage(str(images / "case_001_0000.nii.gz"))  # ITK itself reads the cut file without an error
+    code, _, err = run(["-i", images, "-o", tmp_path / "out", "-m", setup.model_folder, "--device", "cpu", "--disable-tta"], capsys)
+    assert code != 0
+    assert f"{images / 'case_001_0000.nii.gz'}: file is truncated (the gzip stream ends early" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_000.nii.gz"]

@@ -201,3 +201,20 @@ def test_real_aorta_mask_against_itself(tmp_path):
     assert summary["num_cases"] == 1 and summary["per_case"][0]["case"] == "aorta"
     values = summary["mean"]["1"]
     assert values["Dice"] == 1.0 and values["HD95"] == 0.0 and values["ASSD"] == 0.0 and values["NSD"] == 1.0
+
+
+def test_a_truncated_prediction_is_named_and_nothing_is_scored(tmp_path, capsys):
+    """ITK reads a gzip stream that ends early without an error (zeros for the rest), which
+    scored a prediction identical to its reference at Dice 0.4: now the file is named."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    rng = np.random.default_rng(0)
+    for case in ("case_a", "case_b"):
+        seg = rng.integers(0, 3, (24, 24, 24)).astype(np.uint8)  # noise: compresses poorly, so the cut lands in the voxels
+        write_volume(seg, gt / f"{case}.nii.gz")
+        write_volume(seg, pred / f"{case}.nii.gz")
+    cut = pred / "case_b.nii.gz"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size * 6 // 10])
+    assert cli.main([str(gt), str(pred), "-l", "1", "2", "-np", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut}: file is truncated (the gzip stream ends early" in err and "Traceback" not in err
+    assert not (pred / "summary.json").exists()  # a mean over the readable cases only would mislead

@@ -13,11 +13,8 @@ import SimpleITK as sitk
 from conftest import make_raw_dataset, write_volume
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import RawDataset
-from volfnet.io.integrity import (
-    check_dataset_integrity,
-    integer_values,
-    nifti_problems,
-)
+from volfnet.io.integrity import check_dataset_integrity, integer_values
+from volfnet.io.nifti_check import nifti_problems
 
 SHAPE = (8, 10, 12)
 

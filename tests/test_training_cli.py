@@ -121,7 +121,7 @@ def test_num_gpus_starts_one_training_process_per_gpu(planned, monkeypatch):
         (["1", "3d_fullres", "0", "--pretrained"], "no pretrained checkpoint at .*pretrain/checkpoint_final.pt: run `volfnet_pretrain -d 1"),
         (["1", "3d_fullres", "0", "--pretrained", "missing.pt"], "pretrained checkpoint missing.pt does not exist"),
         (["1", "3d_fullres", "0", "--network", "pctnet"], "use fmunet, not pctnet"),
-        (["1", "3d_fullres", "0", "--set", "lr=fast"], "lr must be a positive number"),
+        (["1", "3d_fullres", "0", "--set", "lr=fast"], "lr must be a positive float32 number"),
         (["1", "3d_fullres", "0", "--set", "speed=2"], "unknown trainer setting 'speed'; valid keys"),
         (["1", "3d_fullres", "0", "--val"], "checkpoint_final.pt does not exist: train this fold first"),
         (["2", "3d_fullres", "0"], "no preprocessed labelled cases for configuration 3d_fullres; run `volfnet_plan_and_preprocess -d 2 -c 3d_fullres`"),

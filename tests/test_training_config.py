@@ -53,7 +53,7 @@ def test_overrides_parse_json_and_bare_words():
     [
         ("learning_rate=0.1", "unknown trainer setting 'learning_rate'; valid keys: num_epochs"),
         ("lr", "must look like key=value"),
-        ("lr=-1", "lr must be a positive number"),
+        ("lr=-1", "lr must be a positive float32 number"),
         ("optimizer=rmsprop", "optimizer must be one of"),
         ("num_epochs=2.5", "num_epochs must be an integer"),
         ("batch_size=0", "batch_size must be null or an integer >= 1"),

@@ -7,14 +7,19 @@ loader. ``spec`` describes the architecture and preprocessing (network topology,
 channels, classes, patch, spacing, normalisation), so a checkpoint can build its network
 and seed another dataset's plans without the original plans file.
 
-Writes are atomic: the file is written under a temporary name, flushed to disk and renamed,
-so a crash or ``kill -9`` during a save leaves the previous checkpoint intact.
+Writes are atomic and durable (:func:`volfnet.io.files.atomic_path`): a crash, ``kill -9`` or
+power loss during a save leaves the previous checkpoint intact.
+
+Every save stores a SHA-256 of the weights (:data:`CHECKSUM_KEY`) and refuses NaN/inf weights;
+every load verifies that checksum (where the file has one: older volfnet checkpoints and
+foreign files do not) and refuses NaN/inf weights, naming the file. A damaged file or a
+diverged run thus fails at the load with its cause, not later as a silently useless model.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,8 @@ from volfnet.io.files import atomic_path
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans, _build
 
 CHECKPOINT_FORMAT = "volfnet-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # the checksum is an extra key that older readers ignore: no new version
+CHECKSUM_KEY = "model_state_sha256"
 
 
 @dataclass
@@ -79,20 +85,47 @@ class CheckpointSpec:
             raise VolfnetError(f"{source}: malformed spec in checkpoint ({exc})") from exc
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (with ``model_state_dict``) atomically; adds the format header.
+def weights_checksum(state_dict: dict[str, Any]) -> str:
+    """SHA-256 (hex) over the tensors of ``state_dict`` in sorted key order: each key, dtype and
+    shape, then the raw bytes. Hashes memory in place (no copy for contiguous CPU tensors)."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
 
-    A failed write (disk full, permission) raises :class:`VolfnetError` and leaves any
-    previous file at ``path`` untouched.
+
+def first_nonfinite_tensor(state_dict: dict[str, Any]) -> str | None:
+    """The key of the first floating-point tensor of ``state_dict`` holding NaN or inf, or None."""
+    for key, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (with ``model_state_dict``) atomically; adds the format header and the
+    weights' checksum.
+
+    NaN/inf weights are refused (a :class:`VolfnetError`): a checkpoint nobody can use would
+    replace a good one. A failed write (disk full, permission) raises :class:`VolfnetError`;
+    either way any previous file at ``path`` is left untouched.
     """
     path = Path(path)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "volfnet_version": __version__, **state}
+    weights = state.get("model_state_dict")
+    if isinstance(weights, dict):
+        bad = first_nonfinite_tensor(weights)
+        if bad is not None:
+            raise VolfnetError(f"refused to write {path}: weight tensor {bad!r} holds NaN/inf; the previous checkpoint (if any) is kept")
+        payload[CHECKSUM_KEY] = weights_checksum(weights)
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(payload, handle)
     except OSError as exc:
         raise VolfnetError(f"could not write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint (if any) is kept") from exc
 
@@ -100,7 +133,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``). Accepts volfnet checkpoints, PyMIC/
     MIS-FM files (``{'model_state_dict': ...}``) and bare state dicts (wrapped into
-    ``{'model_state_dict': ...}``)."""
+    ``{'model_state_dict': ...}``).
+
+    A volfnet checkpoint whose weights do not match their stored checksum is corrupt; any
+    checkpoint with NaN/inf weights is useless: both are a :class:`VolfnetError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise VolfnetError(f"{path}: checkpoint file not found")
@@ -119,7 +156,27 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         else:
             keys = sorted(map(str, data))[:8]
             raise VolfnetError(f"{path}: no 'model_state_dict' in the checkpoint (keys: {keys})")
+    _check_weights(path, data)
     return data
+
+
+def _check_weights(path: Path, data: dict[str, Any]) -> None:
+    """Refuse weights that differ from the checksum stored at save time, or that are NaN/inf."""
+    weights = data["model_state_dict"]
+    if not isinstance(weights, dict):
+        raise VolfnetError(f"{path}: 'model_state_dict' is a {type(weights).__name__}, not a dict of tensors")
+    stored = data.get(CHECKSUM_KEY) if data.get("format") == CHECKPOINT_FORMAT else None
+    if stored is not None and weights_checksum(weights) != stored:
+        raise VolfnetError(
+            f"{path}: corrupt checkpoint: its weights do not match the checksum stored when it was written "
+            "(the file was changed or damaged after saving); use another copy or an earlier checkpoint"
+        )
+    bad = first_nonfinite_tensor(weights)
+    if bad is not None:
+        raise VolfnetError(
+            f"{path}: weight tensor {bad!r} holds NaN/inf, so the network cannot be used (the training that wrote it "
+            "diverged); use an earlier checkpoint, or retrain with a lower learning rate"
+        )
 
 
 def checkpoint_spec(checkpoint: dict[str, Any], source: str = "checkpoint") -> CheckpointSpec | None:

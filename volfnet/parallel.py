@@ -15,6 +15,14 @@ evaluation), so they share one behaviour:
   :func:`shutdown_pools` itself. A spawned process (a ``--num-gpus`` training rank) is one:
   multiprocessing's exit joins its child processes *before* any atexit handler runs, and a
   kept pool's idle workers never exit on their own, so the rank would hang after its work.
+- Workers never outlive the process that started them. ``kill -9`` of a command gives it no
+  chance to stop its pool, and the fork server's children would otherwise live on (reparented
+  to PID 1) and keep writing into the cache, racing with a rerun. Each worker runs a thread
+  that blocks on the pipe multiprocessing keeps from the parent (its *sentinel*, which
+  becomes readable when the parent is gone, however it ended) and then exits at once. A pipe
+  works on Linux and macOS alike, costs nothing while waiting and reacts within
+  milliseconds; ``prctl(PR_SET_PDEATHSIG)`` is Linux-only and would watch the fork server,
+  not the command.
 - A worker's exception comes back as itself, with a note naming the item, never as a bare
   "worker died". Only a worker killed from outside (usually for lack of memory) becomes a
   :class:`VolfnetError` that says so and suggests fewer workers.
@@ -27,7 +35,9 @@ from __future__ import annotations
 import atexit
 import functools
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -47,14 +57,35 @@ WORKER_START_METHOD = "forkserver"  # see the module docstring
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+#: Exit status of a worker whose parent died (128 + SIGKILL, the parent's usual fate).
+ORPHAN_EXIT_CODE = 137
+
+
+def _exit_when_parent_dies() -> None:
+    """Pool initializer: exit this worker as soon as the process that started it is gone."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not a multiprocessing child: nothing to watch
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(ORPHAN_EXIT_CODE)  # no cleanup: the parent that would use the results is gone
+
+    threading.Thread(target=watch, name="volfnet-parent-watch", daemon=True).start()
+
+
+def worker_pool(num_workers: int) -> ProcessPoolExecutor:
+    """A fork-server process pool whose workers exit when this process dies (see the module
+    docstring); every process pool in volfnet comes from here."""
+    context = multiprocessing.get_context(WORKER_START_METHOD)
+    return ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_exit_when_parent_dies)
 
 
 def _pool(num_workers: int) -> ProcessPoolExecutor:
     """A process pool of ``num_workers`` workers, started on first use and then reused."""
     pool = _POOLS.get(num_workers)
     if pool is None:
-        pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=multiprocessing.get_context(WORKER_START_METHOD))
-        _POOLS[num_workers] = pool
+        pool = _POOLS[num_workers] = worker_pool(num_workers)
     return pool
 
 

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volfnet.io.files import atomic_write_json
 from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder
 from volfnet.preprocessing.case_store import list_preprocessed_cases
 from volfnet.training.config import DEFAULT_SEED
@@ -79,6 +80,8 @@ MISFM = ["--set", "recipe=misfm"]
 # The fine-tuning preset before issue 15 (nnU-Net's SGD, lr 1e-2, 5% warm-up, then poly 0.9).
 SGD_FINETUNE = ["--set", "recipe=nnunet", "--set", "schedule=warmup_poly", "--set", "warmup_fraction=0.05"]
 STAGED = [*MISFM, "--set", "encoder_frozen_iterations=100", "--set", "encoder_warmup_iterations=100"]
+# A tenth of the learning rate for the pretrained encoder throughout (decoder and head at 1e-3).
+ENCODER_LR = [*MISFM, "--set", "encoder_lr_scale=0.1"]
 # Variants: (pretraining or None for scratch, extra volfnet_train flags, description). Names
 # carry no underscore (run names are BUDGET_VARIANT).
 VARIANTS = {
@@ -92,6 +95,7 @@ VARIANTS = {
     "volfbox24adam": ("box24", MISFM, "VolF box24 (Adam 1e-3)"),
     "volfbox24adamenc": ("box24", [*MISFM, "--encoder-only"], "VolF box24, encoder only (Adam 1e-3)"),
     "volfbox24staged": ("box24", STAGED, "VolF box24 (Adam 1e-3, staged)"),
+    "volfbox24adamlr": ("box24", ENCODER_LR, "VolF box24 (Adam 1e-3, encoder lr x0.1)"),
 }
 RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
 DEFAULT_RUNS = ["small_scratch", "small_scratchadam", "small_volfbox24adam", "all_scratch", "all_volfbox24adam"]
@@ -141,7 +145,8 @@ def write_splits(preprocessed: Path, held_out: int, small: int, validation: int,
         existing = json.loads(path.read_text())
         if existing != splits:
             raise SystemExit(f"{path} exists with other folds; remove it (and the results) to rerun with these settings")
-    path.write_text(json.dumps(splits, indent=1))
+    else:  # atomic: a second benchmark process started beside this one may be reading it
+        atomic_write_json(path, splits, indent=1)
     return {"train": train, "small": subset, "val": val, "test": test}
 
 

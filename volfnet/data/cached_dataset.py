@@ -25,7 +25,7 @@ import numpy as np
 from volfnet.errors import VolfnetError
 from volfnet.preprocessing.case_store import (
     CaseProperties,
-    case_paths,
+    case_file_problems,
     list_preprocessed_cases,
     load_case,
 )
@@ -59,8 +59,9 @@ class CachedDataset:
     """Cases of one preprocessed configuration folder, opened lazily and memory-mapped.
 
     ``case_ids`` restricts the dataset (a training fold); by default every case in the folder.
-    Construction only checks that each case's files exist, so it is cheap and safe to build in
-    the parent process before workers start.
+    Construction checks each case's files from their headers (present, not empty, as long as
+    the header says), so a damaged cache is named before training starts; it stays cheap and
+    safe to build in the parent process before workers start.
     """
 
     def __init__(self, folder: Path, case_ids: Sequence[str] | None = None, max_open_cases: int = DEFAULT_MAX_OPEN_CASES) -> None:
@@ -70,16 +71,12 @@ class CachedDataset:
         ids = list(case_ids) if case_ids is not None else list_preprocessed_cases(self.folder)
         if not ids:
             raise VolfnetError(f"{self.folder}: no preprocessed cases to train on")
-        missing = [
-            case_id
-            for case_id in ids
-            if not all(path.is_file() for path in case_paths(self.folder, case_id))
-        ]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        problems = [problem for case_id in ids for problem in case_file_problems(self.folder, case_id)]
+        if problems:
+            shown = "\n  ".join(problems[:10]) + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise VolfnetError(
-                f"{self.folder}: {len(missing)} case(s) lack their image, seg or properties file: {shown}; "
-                "re-run volfnet_plan_and_preprocess"
+                f"{self.folder}: {len(problems)} preprocessed file(s) missing or damaged (an interrupted run or a full disk):\n  "
+                f"{shown}\nre-run volfnet_plan_and_preprocess: it redoes exactly these cases"
             )
         if max_open_cases < 1:
             raise VolfnetError(f"max_open_cases must be at least 1, got {max_open_cases}")
@@ -117,7 +114,10 @@ class CachedDataset:
         return case
 
     def _open_case(self, case_id: str) -> CachedCase:
-        image, seg, properties = load_case(self.folder, case_id, mmap=True)
+        try:
+            image, seg, properties = load_case(self.folder, case_id, mmap=True)
+        except VolfnetError as exc:
+            raise VolfnetError(f"{exc}; re-run volfnet_plan_and_preprocess: it redoes damaged cases") from exc
         if seg is None:
             raise VolfnetError(f"{self.folder}: case {case_id} has no segmentation; training needs {case_id}_seg.npy")
         if image.ndim != 4 or seg.ndim != 4 or seg.shape[0] != 1 or image.shape[1:] != seg.shape[1:]:

@@ -20,12 +20,11 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import multiprocessing
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,7 +59,7 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
 from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
 from volfnet.networks.build import build_network_from_topology
-from volfnet.parallel import WORKER_START_METHOD
+from volfnet.parallel import worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
 from volfnet.preprocessing.case_store import CaseProperties
@@ -418,8 +417,7 @@ class Predictor:
             return contextlib.nullcontext(None), 0
         if use_processes:
             workers = min(self.num_workers, count)
-            context = multiprocessing.get_context(WORKER_START_METHOD)
-            return ProcessPoolExecutor(max_workers=workers, mp_context=context), workers
+            return worker_pool(workers), workers
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="volfnet-load"), 1
 
     def _pipeline(

@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from volfnet.errors import VolfnetError
+from volfnet.io.nifti_check import nifti_damage
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
 
@@ -63,10 +64,16 @@ def file_ending(path: Path | str) -> str:
 
 
 def read_sitk(path: Path) -> sitk.Image:
-    """Read one image; a missing, truncated or foreign file is a :class:`VolfnetError`."""
+    """Read one image; a missing, truncated or foreign file is a :class:`VolfnetError`.
+
+    ITK reads a NIfTI file whose gzip stream ends early without an error (the missing voxels
+    become zeros), so NIfTI files get a file-level check first (:func:`nifti_damage`)."""
     path = Path(path)
     if not path.is_file():
         raise VolfnetError(f"{path}: file not found")
+    damage = nifti_damage(path)
+    if damage:
+        raise VolfnetError(damage)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:

@@ -21,10 +21,7 @@ What counts as an error and what as a warning:
 from __future__ import annotations
 
 import functools
-import gzip
 import logging
-import struct
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -35,6 +32,7 @@ import SimpleITK as sitk
 from volfnet.errors import DataIntegrityError
 from volfnet.io.dataset import CaseFiles, RawDataset
 from volfnet.io.image_io import ImageGeometry, geometry_of
+from volfnet.io.nifti_check import nifti_problems, non_finite_counts
 from volfnet.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -74,129 +72,6 @@ class CaseCheck:
 def _last_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
-
-
-# NIfTI needs checks of its own: ITK's NIfTI reader pads a truncated file with zeros and turns
-# NaN/inf voxels into 0, both without an error, so neither shows in the array it returns.
-
-#: NIfTI datatype codes of the floating-point types that can hold NaN/inf.
-_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
-
-
-@dataclass
-class _NiftiLayout:
-    """Where a single-file NIfTI keeps its voxels, from the header alone."""
-
-    offset: int
-    count: int
-    bitpix: int
-    float_dtype: np.dtype | None
-
-    @property
-    def data_end(self) -> int:
-        return self.offset + self.count * self.bitpix // 8
-
-
-def _nifti_layout(header: bytes) -> _NiftiLayout | None:
-    """Parse a NIfTI-1 or NIfTI-2 header (either byte order); None if it is neither."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
-            offset = max(int(struct.unpack(endian + "f", header[108:112])[0]), 352)
-            break
-        if len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = max(struct.unpack(endian + "q", header[168:176])[0], 544)
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7 or any(d <= 0 for d in dims[1 : dims[0] + 1]) or bitpix <= 0:
-        return None
-    code = _NIFTI_FLOAT_TYPES.get(datatype)
-    return _NiftiLayout(
-        offset=offset,
-        count=int(np.prod(dims[1 : dims[0] + 1], dtype=np.int64)),
-        bitpix=bitpix,
-        float_dtype=np.dtype(endian + code) if code else None,
-    )
-
-
-def _gzip_contents(path: Path) -> tuple[bytes, bool]:
-    """The decompressed bytes of a gzip file, and whether its stream ended early."""
-    decompressor = zlib.decompressobj(wbits=31)
-    parts = []
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            try:
-                parts.append(decompressor.decompress(chunk))
-            except zlib.error:
-                return b"".join(parts), True
-            if decompressor.eof:
-                break
-    return b"".join(parts), not decompressor.eof
-
-
-def _gzip_trailer_size(path: Path) -> int:
-    """The uncompressed size (mod 2^32) stored in a gzip file's last four bytes."""
-    with open(path, "rb") as handle:
-        handle.seek(-4, 2)
-        return struct.unpack("<I", handle.read(4))[0]
-
-
-def _non_finite_counts(path: Path, values: np.ndarray) -> str | None:
-    if np.isfinite(values).all():
-        return None
-    num_nan, num_inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
-    parts = [f"{num_nan} NaN voxel(s)"] if num_nan else []
-    parts += [f"{num_inf} infinite voxel(s)"] if num_inf else []
-    return f"{path}: contains {' and '.join(parts)}"
-
-
-def nifti_problems(path: Path) -> tuple[str | None, str | None]:
-    """(damage, non-finite voxels) of a ``.nii``/``.nii.gz`` file, read from the bytes on disk;
-    each a message naming the file, or None. A damaged file is not worth reading further.
-
-    Integer files cost only the header and, when gzipped, the size in the gzip trailer
-    (decompressing only if it disagrees). Float files are decompressed once more to see the
-    voxels as stored. Other formats return nothing: ITK reports their short files and keeps
-    their NaNs.
-    """
-    name = path.name.lower()
-    compressed = name.endswith(".nii.gz")
-    if not (compressed or name.endswith(".nii")):
-        return None, None
-    try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as handle:
-            header = handle.read(544)
-    except EOFError:
-        return f"{path}: file is truncated (it ends inside the NIfTI header)", None
-    except OSError:
-        return None, None  # not gzip, or unreadable: the image reader says so
-    if len(header) < 348:
-        return f"{path}: file is truncated or not NIfTI ({len(header)} bytes, shorter than a NIfTI header)", None
-    layout = _nifti_layout(header)
-    if layout is None:
-        return None, None
-    expected = layout.data_end
-    if not compressed:
-        size = path.stat().st_size
-        if size < expected:
-            return f"{path}: file is truncated (the NIfTI header needs {expected} bytes, the file holds {size})", None
-        if layout.float_dtype is None:
-            return None, None
-        values = np.fromfile(path, layout.float_dtype, count=layout.count, offset=layout.offset)
-        return None, _non_finite_counts(path, values)
-    if layout.float_dtype is None and _gzip_trailer_size(path) == expected % (1 << 32):
-        return None, None
-    data, ended_early = _gzip_contents(path)
-    if ended_early or len(data) < expected:
-        return f"{path}: file is truncated (the gzip stream ends early, after {len(data)} of {expected} bytes)", None
-    if layout.float_dtype is None:
-        return None, None
-    values = np.frombuffer(data, layout.float_dtype, count=layout.count, offset=layout.offset)
-    return None, _non_finite_counts(path, values)
 
 
 def _read_file(path: Path, problems: list[str]) -> tuple[np.ndarray, ImageGeometry] | None:
@@ -264,7 +139,7 @@ def compare_geometry(path: Path, geometry: ImageGeometry, reference_path: Path, 
 def _non_finite_problem(path: Path, array: np.ndarray) -> str | None:
     if not np.issubdtype(array.dtype, np.floating):
         return None
-    return _non_finite_counts(path, array)
+    return non_finite_counts(path, array)
 
 
 def integer_values(array: np.ndarray) -> list[int]:

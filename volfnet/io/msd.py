@@ -27,7 +27,7 @@ from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import DATASET_FOLDER_PATTERN, DatasetJson
 from volfnet.io.files import atomic_write_json, read_json
 from volfnet.io.image_io import ImageGeometry, write_image
-from volfnet.io.integrity import nifti_problems
+from volfnet.io.nifti_check import nifti_problems
 from volfnet.parallel import parallel_map
 
 logger = logging.getLogger(__name__)

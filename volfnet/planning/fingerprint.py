@@ -18,7 +18,7 @@ import numpy as np
 from volfnet.errors import VolfnetError
 from volfnet.io.dataset import CaseFiles
 from volfnet.io.image_io import ImageGeometry
-from volfnet.io.files import atomic_write_json, read_json
+from volfnet.io.files import atomic_write_json, read_cache_json, read_json
 from volfnet.parallel import parallel_map
 from volfnet.preprocessing.cropping import crop_to_nonzero
 from volfnet.preprocessing.preprocessor import case_seed, read_raw_case
@@ -73,11 +73,27 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: Path) -> Fingerprint:
-        data = read_json(path)
+        return cls.from_dict(read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, data: dict, path: Path) -> Fingerprint:
         if data.get("fingerprint_version") != FINGERPRINT_VERSION:
             raise VolfnetError(f"{path}: unsupported fingerprint version; re-run with --clean")
         data["foreground_intensity_per_channel"] = [IntensityStatistics(**s) for s in data["foreground_intensity_per_channel"]]
         return cls(**data)
+
+    @classmethod
+    def load_cached(cls, path: Path) -> Fingerprint | None:
+        """The fingerprint saved at ``path``, or None when there is none or it is unreadable
+        (an interrupted or damaged write: fingerprinting again costs minutes, not a failure)."""
+        data = read_cache_json(path)
+        if data is None:
+            return None
+        try:
+            return cls.from_dict(dict(data), path)
+        except (VolfnetError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            logger.warning("%s: unusable fingerprint (%s); fingerprinting again", path, exc)
+            return None
 
 
 CaseFingerprint = tuple[str, list[float], list[int], float, list[np.ndarray]]

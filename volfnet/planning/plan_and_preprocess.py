@@ -18,7 +18,7 @@ from pathlib import Path
 from volfnet import paths
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import RawDataset
-from volfnet.io.files import atomic_write_json, read_json
+from volfnet.io.files import atomic_write_json, read_cache_json
 from volfnet.io.integrity import check_dataset_integrity
 from volfnet.plans import Plans, apply_override
 from volfnet.planning.fingerprint import Fingerprint, assemble_fingerprint, extract_fingerprint, fingerprint_arrays, samples_per_case
@@ -66,12 +66,9 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
     if problems:
         raise DataIntegrityError(problems, header=f"{raw.folder}: cannot read the dataset layout")
     fingerprint_path = output / "fingerprint.json"
-    if fingerprint_path.is_file() and not request.clean:
-        fingerprint = Fingerprint.load(fingerprint_path)
-        if sorted(fingerprint.case_ids) != sorted(c.case_id for c in cases):
-            logger.info("the training cases changed since %s was written; fingerprinting again", fingerprint_path)
-            fingerprint = None
-    else:
+    fingerprint = None if request.clean else Fingerprint.load_cached(fingerprint_path)
+    if fingerprint is not None and sorted(fingerprint.case_ids) != sorted(c.case_id for c in cases):
+        logger.info("the training cases changed since %s was written; fingerprinting again", fingerprint_path)
         fingerprint = None
     if fingerprint is None:
         if checked and all(c.case_id in checked for c in cases):
@@ -91,8 +88,8 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
     for assignment in request.overrides:
         plans = apply_override(plans, assignment)
     plans_path = output / "plans.json"
-    if plans_path.is_file():
-        previous = read_json(plans_path)
+    previous = read_cache_json(plans_path)
+    if previous is not None:
         if previous != plans.to_dict():
             backup = output / "plans.previous.json"
             shutil.copyfile(plans_path, backup)
@@ -123,7 +120,7 @@ def preprocess_dataset(raw: RawDataset, plans: Plans, request: PlanAndPreprocess
         stamp_path = folder / CONFIGURATION_STAMP
         stamp = _preprocessing_stamp(plans, name)
         overwrite = request.clean
-        if stamp_path.is_file() and read_json(stamp_path) != stamp:
+        if stamp_path.is_file() and read_cache_json(stamp_path) != stamp:
             logger.info("%s: the plans changed since the cache was made; preprocessing every case again", name)
             overwrite = True
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.errors import VolfnetError
-from volfnet.io.files import atomic_save_npy, atomic_write_json, load_npy, read_json
+from volfnet.io.files import atomic_save_npy, atomic_write_json, load_npy, npy_problem, read_json
 from volfnet.io.image_io import ImageGeometry
 
 PROPERTIES_VERSION = 1
@@ -111,6 +111,18 @@ def load_case(folder: Path, case_id: str, mmap: bool = True, with_seg: bool = Tr
     image = load_npy(image_path, mmap)
     seg = load_npy(seg_path, mmap) if with_seg and seg_path.exists() else None
     return image, seg, properties
+
+
+def case_file_problems(folder: Path, case_id: str, with_seg: bool = True) -> list[str]:
+    """What is wrong with a case's files on disk (missing, empty, truncated), read from the
+    npy headers and the JSON's size only: cheap enough to run over every case before training."""
+    image_path, seg_path, json_path = case_paths(folder, case_id)
+    problems = [npy_problem(path) for path in ([image_path, seg_path] if with_seg else [image_path])]
+    if not json_path.is_file():
+        problems.append(f"{json_path}: file not found")
+    elif json_path.stat().st_size == 0:
+        problems.append(f"{json_path}: the file is empty")
+    return [problem for problem in problems if problem]
 
 
 def is_case_complete(folder: Path, case_id: str, num_channels: int, with_seg: bool) -> bool:

@@ -22,6 +22,8 @@ from volfnet.data.patch_sampler import FOREGROUND_OVERSAMPLING
 from volfnet.errors import VolfnetError
 from volfnet.plans import _build
 
+FLOAT32_MAX = 3.4028234663852886e38  # optimisers keep the learning rate in float32
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("poly", "warmup_poly", "step", "constant")
 AUGMENTATION_PREFIX = "augmentation."
@@ -77,6 +79,12 @@ class TrainerConfig:
     plot_every: int = 1
     dice_ema: float = 0.9  # moving average of the pseudo Dice: ema = dice_ema * ema + (1 - dice_ema) * dice
     progress_bar: bool = True
+    # Optimiser steps with a NaN/inf loss or gradients are skipped (with a warning); this many in
+    # a row stop training with an error. One bad batch or a transient overflow recovers at the
+    # next step, while a diverged run (or data full of NaN) fails every step: 10 stops that
+    # within seconds, yet no run ends for a few bad batches. fp16's GradScaler skips steps
+    # whose gradients overflow while it tunes its scale; those do not count (only a NaN/inf loss).
+    max_nonfinite_steps: int = 10
     # Loss (read by the tasks; see volfnet.training.losses)
     dice_weight: float = 1.0
     ce_weight: float = 1.0
@@ -94,7 +102,7 @@ class TrainerConfig:
 
     def check(self) -> None:
         """Raise :class:`VolfnetError` naming the first bad setting."""
-        for name in ("num_epochs", "iterations_per_epoch", "checkpoint_every", "plot_every", "step_size"):
+        for name in ("num_epochs", "iterations_per_epoch", "checkpoint_every", "plot_every", "step_size", "max_nonfinite_steps"):
             _require(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "an integer >= 1")
         for name in ("val_iterations", "warmup_iterations", "seed", "encoder_frozen_iterations", "encoder_warmup_iterations", "snapshot_every"):
             _require(_is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "an integer >= 0")
@@ -106,7 +114,8 @@ class TrainerConfig:
             _require(value is None or (_is_int(value) and value >= 0), name, "null or an integer >= 0")
         _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {list(OPTIMIZERS)}")
         _require(self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}")
-        _require(_is_number(self.lr) and self.lr > 0, "lr", "a positive number")
+        # Optimisers hold the rate in float32: above its range torch fails with an opaque error.
+        _require(_is_number(self.lr) and 0 < self.lr < FLOAT32_MAX, "lr", "a positive float32 number")
         for name in ("weight_decay", "poly_exponent", "dice_weight", "ce_weight", "encoder_lr_scale"):
             _require(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
         _require(_is_number(self.dice_smooth) and self.dice_smooth >= 0, "dice_smooth", "a number >= 0")

@@ -20,6 +20,11 @@ leaves the previous file intact):
 Each holds the weights, optimiser, schedule position, gradient scaler, epoch, logs, trainer
 config, random generator states and the task's spec. Batches are seeded by their index, so a
 resumed run restarts the loaders at ``epoch * iterations_per_epoch`` and sees the same data.
+
+A step whose loss or gradients are NaN/inf is skipped with a warning, as fp16's GradScaler
+skips overflowing ones; ``max_nonfinite_steps`` of them in a row stop the run with a
+:class:`VolfnetError`, and weights are checked before every checkpoint write, so a diverged run
+ends with an error (a non-zero exit) and its last good checkpoints, never with NaN weights.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from volfnet.checkpoint import load_checkpoint, save_checkpoint
+from volfnet.checkpoint import first_nonfinite_tensor, load_checkpoint, save_checkpoint
 from volfnet.data.loader import Batch, BatchLoader, default_num_workers
 from volfnet.errors import VolfnetError
 from volfnet.model_folder import checkpoint_path, snapshot_path
@@ -58,6 +63,12 @@ from volfnet.training.rng import capture_rng_states, restore_rng_states
 from volfnet.training.task import TrainingTask
 
 logger = logging.getLogger(__name__)
+
+NONFINITE_ADVICE = (
+    "try a lower learning rate (--set lr=...), check the preprocessed images for NaN/inf, "
+    "or train in fp32 (--set amp=false)"
+)
+NONFINITE_WARNINGS = 5  # skipped steps warned about one by one; later ones in one line per epoch
 
 
 @dataclass
@@ -131,6 +142,16 @@ def validate_checkpoint(task: TrainingTask, run_folder: Path, device: str | None
     task.after_training(model, Path(run_folder), target)
 
 
+def _gradient_norm(model: nn.Module) -> torch.Tensor:
+    """The total 2-norm of ``model``'s gradients (NaN/inf when any of them is), without clipping."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if hasattr(nn.utils, "get_total_norm"):  # torch >= 2.6: one fused pass
+        return nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
 class _Trainer:
     """One run's state; :meth:`run` is the whole loop."""
 
@@ -145,6 +166,8 @@ class _Trainer:
         self.amp_dtype = autocast_dtype(device) if config.amp else None
         self.epoch = 0
         self.workers = default_num_workers() if config.num_workers is None else config.num_workers
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
 
     # ----------------------------------------------------------------- set-up
     def _build(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> tuple[dict[str, Any] | None, LoadReport | None]:
@@ -228,19 +251,75 @@ class _Trainer:
         targets = [t.to(self.device, non_blocking=True) for t in batch.target]
         return data, targets
 
-    def _train_step(self, batch: Batch) -> torch.Tensor:
+    def _train_step(self, batch: Batch) -> tuple[torch.Tensor, bool]:
+        """One step; returns the detached loss and whether it was finite (else the step is skipped).
+
+        Skipping is a decision on the host, so this reads one value from the device per step:
+        the read GradScaler already makes every fp16 step. It waits for the backward pass;
+        the optimiser and the next forward pass are queued right after, so the GPU idles only
+        for their launch. Under DDP the flag is summed over processes so all skip together.
+        """
         data, targets = self._to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, enabled=self.config.amp):
             outputs = self.train_model(data)
             loss = self.task.loss(outputs, targets)
         self.scaler.scale(loss).backward()
+        finite = torch.isfinite(loss.detach())
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips steps with inf/NaN gradients itself (a NaN loss gives those).
+            if self.config.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return loss.detach(), self._everywhere(finite)
         if self.config.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        else:
+            norm = _gradient_norm(self.model)
+        taken = self._everywhere(finite & torch.isfinite(norm))
+        if taken:
+            self.optimizer.step()
+        return loss.detach(), taken
+
+    def _everywhere(self, flag: torch.Tensor) -> bool:
+        """``flag`` (a boolean tensor) on this process and, under DDP, on every other one."""
+        if self.context.is_distributed:
+            failed = (~flag).to(torch.int32)
+            distributed.all_reduce_sum(failed)
+            return not bool(failed)
+        return bool(flag)
+
+    def _skipped_step(self, iteration: int) -> None:
+        """Count a skipped step; raise when ``max_nonfinite_steps`` came in a row."""
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        limit = self.config.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            first = iteration - self.nonfinite_in_a_row + 1
+            raise VolfnetError(
+                f"training stopped: {self.nonfinite_in_a_row} steps in a row (iterations {first}-{iteration}, epoch "
+                f"{self.epoch}) had a NaN/inf loss or gradients, so the run diverged or its data hold NaN/inf; "
+                f"{NONFINITE_ADVICE}. The checkpoints already in {self.run_folder} are kept "
+                f"(max_nonfinite_steps={limit} sets how many such steps in a row are tolerated)"
+            )
+        if self.nonfinite_total <= NONFINITE_WARNINGS and self.context.is_main:
+            logger.warning(
+                "iteration %d: NaN/inf loss or gradients, step skipped (%d in a row; %d stop training)%s",
+                iteration, self.nonfinite_in_a_row, limit,
+                "; further skipped steps are counted once per epoch" if self.nonfinite_total == NONFINITE_WARNINGS else "",
+            )
+
+    def _require_finite_weights(self, kind: str) -> None:
+        """Raise (on every process alike) instead of writing NaN/inf weights over a good checkpoint."""
+        bad = first_nonfinite_tensor(self.model.state_dict())
+        if bad is not None:
+            raise VolfnetError(
+                f"training stopped before writing {checkpoint_path(self.run_folder, kind).name}: weight tensor {bad!r} "
+                f"holds NaN/inf after epoch {self.epoch - 1} (the run diverged); {NONFINITE_ADVICE}. The checkpoints "
+                f"already in {self.run_folder} are kept (resuming from NaN weights would be useless)"
+            )
 
     @torch.no_grad()
     def _validate(self, loader: BatchLoader | None) -> tuple[float, list[float]]:
@@ -330,6 +409,7 @@ class _Trainer:
                 if val_loader is not None:
                     val_loader.close()
             final = checkpoint_path(self.run_folder, "final")
+            self._require_finite_weights("final")
             if self.context.is_main:
                 final = self._save("final")
                 if self.log.best_epoch >= 0:
@@ -348,6 +428,7 @@ class _Trainer:
         started = time.perf_counter()
         self.train_model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        taken = 0  # steps with a finite loss: the same count on every process
         bar = tqdm(
             range(config.iterations_per_epoch),
             desc=f"epoch {self.epoch}",
@@ -358,25 +439,37 @@ class _Trainer:
         lr = learning_rate(config, self.schedule.iteration)  # logged per epoch: the rate it started with
         for _ in bar:
             step_lr = self.schedule.apply()
-            loss = self._train_step(next(train_loader))
-            self.schedule.step()
-            loss_sum += loss.double()
+            loss, finite = self._train_step(next(train_loader))
+            if finite:
+                self.nonfinite_in_a_row = 0
+                loss_sum += loss.double()
+                taken += 1
+            else:
+                self._skipped_step(self.schedule.iteration)
+            self.schedule.step()  # also when skipped: the iteration numbers the batches and the schedule
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{step_lr:.2g}")
         bar.close()
+        skipped = config.iterations_per_epoch - taken
+        if skipped and self.context.is_main:
+            logger.warning("epoch %d: %d of %d steps skipped (NaN/inf loss or gradients)", self.epoch, skipped, config.iterations_per_epoch)
         distributed.all_reduce_sum(loss_sum)
-        train_loss = float(loss_sum) / (config.iterations_per_epoch * self.context.world_size)
+        train_loss = float(loss_sum) / (taken * self.context.world_size) if taken else math.nan
         val_loss, dice = self._validate(val_loader)
         is_best = self.log.append(self.epoch, train_loss, val_loss, dice, lr, time.perf_counter() - started, config.dice_ema)
         self.epoch += 1
+        save_latest = self.epoch % config.checkpoint_every == 0 or self.epoch == config.num_epochs
+        save_snapshot = bool(config.snapshot_every) and self.epoch % config.snapshot_every == 0
+        if is_best or save_latest or save_snapshot:
+            self._require_finite_weights("best" if is_best else "latest")
         if not self.context.is_main or writer is None:
             return
         logger.info("%s", format_epoch(self.log))
         if is_best:
             self._save("best")
             logger.info("new best moving-average pseudo Dice: %.4f", self.log.best_ema_dice)
-        if self.epoch % config.checkpoint_every == 0 or self.epoch == config.num_epochs:
+        if save_latest:
             self._save("latest")
-        if config.snapshot_every and self.epoch % config.snapshot_every == 0:
+        if save_snapshot:
             self._save_snapshot()
         writer.write(self.log, plot=self.epoch % config.plot_every == 0 or self.epoch == config.num_epochs)
