@@ -61,7 +61,7 @@ def main() -> None:
     from volfnet.planning.cost import measure_cost
     from volfnet.planning.topology import fmunet_topology, pctnet_topology
 
-    print(f"| network | patch | width | batch | predicted GB | measured GB | ratio | GFLOP/step | s/step | GFLOP/s |")
+    print("| network | patch | width | batch | predicted GB | measured GB | ratio | GFLOP/step | s/step | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, spacing, patch, base, batch in CONFIGURATIONS:
         builder = fmunet_topology if name == "fmunet" else pctnet_topology

@@ -155,7 +155,8 @@ def test_options_reach_the_predictor(setup, tmp_path, capsys, monkeypatch):
     "extra, message",
     [
         (["-f", "3"], "fold_3/checkpoint_final.pt: no checkpoint for fold 3"),
-        (["-f", "7"], "fold 7 is out of range"),
+        (["-f", "7"], "fold_7/checkpoint_final.pt: no checkpoint for fold 7 (folds with checkpoint_final.pt: [0, 1])"),
+        (["-f", "-1"], "fold -1 is out of range"),
         (["-chk", "best", "-f", "all"], "fold_all/checkpoint_best.pt: no checkpoint for fold all"),
     ],
 )

@@ -25,6 +25,11 @@ MODULES = {
     "volfnet_predict": "predict",
     "volfnet_evaluate": "evaluate",
     "volfnet_demo": "demo",
+    "volfnet_ensemble": "ensemble",
+    "volfnet_apply_postprocessing": "apply_postprocessing",
+    "volfnet_export_model": "export_model",
+    "volfnet_install_model": "install_model",
+    "volfnet_cv_summary": "cv_summary",
 }
 
 
@@ -56,6 +61,11 @@ def check_benchmark_command(document: str, line: str, script: str, args: list[st
             module.parse_args()
         except SystemExit as exc:
             pytest.fail(f"{document}: `{line}` is rejected by {script} (exit {exc.code})")
+
+
+def test_every_console_script_of_setup_py_is_checked():
+    scripts = dict(re.findall(r'"(volfnet_\w+)=volfnet\.cli\.(\w+):main"', (ROOT / "setup.py").read_text()))
+    assert scripts == MODULES
 
 
 def test_the_documents_show_every_console_script():

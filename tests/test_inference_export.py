@@ -19,7 +19,7 @@ from volfnet.inference.export import (
 )
 from volfnet.io.image_io import ImageGeometry
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
-from volfnet.preprocessing.case_store import IGNORE_LABEL
+from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
 from volfnet.preprocessing.preprocessor import preprocess_array
 
 NUM_CLASSES = 3
@@ -60,7 +60,7 @@ def make_case(seed: int = 0) -> tuple[np.ndarray, np.ndarray, ImageGeometry]:
 
 def perfect_logits(seg: np.ndarray) -> torch.Tensor:
     """One-hot logits of a preprocessed (1, z, y, x) seg (the ignore label counts as background)."""
-    labels = np.where(seg[0] == IGNORE_LABEL, 0, seg[0])
+    labels = np.where(seg[0] == OUTSIDE_MASK_LABEL, 0, seg[0])
     one_hot = np.stack([labels == k for k in range(NUM_CLASSES)]).astype(np.float32)
     return torch.from_numpy(one_hot * PERFECT_LOGIT)
 

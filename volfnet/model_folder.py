@@ -6,7 +6,7 @@ A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothin
         plans.json             the plans training used (user overrides applied)
         dataset.json           labels, channel names, file ending
         postprocessing.json    optional: decided on cross-validation, applied by the predictor
-        fold_<k>/              k in 0..4, or fold_all
+        fold_<k>/              k in 0..N-1 for the N folds of splits.json (5 by default), or fold_all
             checkpoint_{latest,best,final}.pt   network, optimiser, schedule, logs, spec
             progress.png  log.txt  training_log.json  validation/summary.json
         pretrain/
@@ -33,22 +33,29 @@ PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
 PRETRAIN_FOLDER = "pretrain"
 CHECKPOINT_KINDS = ("latest", "best", "final")
-NUM_FOLDS = 5
+NUM_FOLDS = 5  # folds volfnet creates in splits.json; a hand-written splits.json may hold any number
 ALL_FOLDS = "all"
+FOLD_PREFIX = "fold_"
 
-Fold = int | str  # 0..NUM_FOLDS-1 or "all"
+Fold = int | str  # 0, 1, ... (as many as splits.json holds) or "all"
 
 
 def parse_fold(value: str | int) -> Fold:
-    """``"0"``..``"4"`` or ``"all"`` → 0..4 or ``"all"``; anything else is a clear error."""
+    """``"0"``, ``"7"``, ... or ``"all"`` → 0, 7, ... or ``"all"``; anything else is a clear error.
+
+    Any non-negative number is accepted here: how many folds exist is decided by the
+    dataset's ``splits.json`` (nnU-Net allows any number), which training checks against,
+    and by the ``fold_<k>`` folders that prediction finds."""
     if isinstance(value, str) and value.strip().lower() == ALL_FOLDS:
         return ALL_FOLDS
+    if isinstance(value, bool):
+        raise VolfnetError(f"fold must be a number (0, 1, ...) or '{ALL_FOLDS}', got {value!r}")
     try:
         fold = int(value)
     except (TypeError, ValueError):
-        raise VolfnetError(f"fold must be 0..{NUM_FOLDS - 1} or '{ALL_FOLDS}', got {value!r}") from None
-    if not 0 <= fold < NUM_FOLDS:
-        raise VolfnetError(f"fold {fold} is out of range: use 0..{NUM_FOLDS - 1} or '{ALL_FOLDS}'")
+        raise VolfnetError(f"fold must be a number (0, 1, ...) or '{ALL_FOLDS}', got {value!r}") from None
+    if fold < 0:
+        raise VolfnetError(f"fold {fold} is out of range: folds are numbered from 0 (or '{ALL_FOLDS}')")
     return fold
 
 
@@ -70,7 +77,18 @@ def model_folder_path(dataset_name: str, network: str, configuration: str, resul
 
 
 def fold_folder(model_folder: Path, fold: Fold) -> Path:
-    return Path(model_folder) / f"fold_{fold}"
+    return Path(model_folder) / f"{FOLD_PREFIX}{fold}"
+
+
+def numbered_folds(model_folder: Path) -> list[int]:
+    """The numbers k of the ``fold_<k>`` folders in a model folder, in increasing order
+    (``fold_10`` after ``fold_9``), whatever their count."""
+    numbers = []
+    for path in Path(model_folder).glob(f"{FOLD_PREFIX}*"):
+        suffix = path.name[len(FOLD_PREFIX):]
+        if path.is_dir() and suffix.isascii() and suffix.isdigit() and str(int(suffix)) == suffix:
+            numbers.append(int(suffix))
+    return sorted(numbers)
 
 
 def pretrain_folder(model_folder: Path) -> Path:
@@ -123,7 +141,7 @@ class ModelFolder:
 
     def available_folds(self, kind: str = "final") -> list[Fold]:
         """Folds with a ``checkpoint_<kind>.pt``, numeric folds first, then ``all``."""
-        found: list[Fold] = [f for f in range(NUM_FOLDS) if checkpoint_path(fold_folder(self.path, f), kind).is_file()]
+        found: list[Fold] = [f for f in numbered_folds(self.path) if checkpoint_path(fold_folder(self.path, f), kind).is_file()]
         if checkpoint_path(fold_folder(self.path, ALL_FOLDS), kind).is_file():
             found.append(ALL_FOLDS)
         return found

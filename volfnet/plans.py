@@ -204,7 +204,7 @@ def _build(kind: Any, value: Any, where: str) -> Any:
     typo in a hand-edited plans file does not go unnoticed.
     """
     origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object, got {value!r}")
         hints = typing.get_type_hints(kind)

@@ -24,7 +24,7 @@ class _StderrHandler(logging.StreamHandler):
     handler pointing at a closed file."""
 
     @property
-    def stream(self):  # type: ignore[override]
+    def stream(self):
         return sys.stderr
 
     @stream.setter

@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("-l", "--labels", type=int, nargs="+", help="label values to score, e.g. -l 1 2")
     which.add_argument("-d", "--dataset", help="take the foreground labels from this raw dataset's dataset.json (id or name)")
+    parser.add_argument("--ignore-label", type=int, default=None,
+                        help="with -l: reference voxels of this value are left out of every metric (with -d: dataset.json's 'ignore')")
     parser.add_argument("-o", "--output", type=Path, default=None, help="folder for summary.json/csv (default: PRED_FOLDER)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM, help="NSD tolerance in mm (default: %(default)s)")
     parser.add_argument("--file-ending", default=None, help="image ending, e.g. .nii.gz (default: detected)")
@@ -46,16 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _labels_from_dataset(identifier: str) -> dict[str, int]:
+def _labels_from_dataset(identifier: str) -> tuple[dict[str, int], int | None, list[tuple[int, ...]] | None]:
+    """The dataset's foreground labels, its ignore label and its regions (None without)."""
     dataset_json = RawDataset.open(identifier, raw_root()).dataset_json
-    return {name: value for name, value in dataset_json.labels.items() if value > 0}
+    labels = {name: value for name, value in dataset_json.labels.items() if value > 0}
+    return labels, dataset_json.ignore_label, dataset_json.regions or None
 
 
 def _format(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
-def _print_table(summary: dict) -> None:
+def print_summary_table(summary: dict) -> None:
+    """The per-label means and the foreground mean of a summary, one row each."""
     header = f"{'label':<20} {'Dice':>8} {'IoU':>8} {'HD95 mm':>8} {'ASSD mm':>8} {'NSD':>8}"
     print(header)
     print("-" * len(header))
@@ -71,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        labels = args.labels if args.labels is not None else _labels_from_dataset(args.dataset)
+        if args.labels is not None:
+            labels, ignore_label, regions = args.labels, args.ignore_label, None
+        else:
+            labels, ignore_label, regions = _labels_from_dataset(args.dataset)
+        if regions and args.determine_postprocessing:
+            raise VolfnetError("--determine-postprocessing works on label maps of classes; this dataset's labels are regions")
         output = args.output if args.output is not None else args.pred_folder
         summary = evaluate_folder(
             args.gt_folder,
@@ -83,17 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_folder=output,
             allow_missing=args.allow_missing,
             overlay_images_folder=args.overlays,
+            ignore_label=ignore_label,
+            regions=regions,
         )
         decision = None
         if args.determine_postprocessing:
             decision = determine_postprocessing(
-                args.gt_folder, args.pred_folder, labels, output, args.file_ending, args.num_workers, args.allow_missing
+                args.gt_folder, args.pred_folder, labels, output, args.file_ending, args.num_workers, args.allow_missing, ignore_label
             )
     except VolfnetError as exc:
         print(f"volfnet_evaluate: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     print(f"{summary['num_cases']} case(s), NSD tolerance {summary['tolerance_mm']} mm")
-    _print_table(summary)
+    print_summary_table(summary)
     print(f"summary: {output / SUMMARY_JSON} (and summary.csv)")
     if args.overlays is not None:
         print(f"overlays: {output / OVERLAY_FOLDER}")

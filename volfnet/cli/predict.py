@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--configuration", help="configuration with -d, e.g. 3d_fullres")
     parser.add_argument("--network", default=None, help="network with -d (default: the one the plans chose)")
     parser.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
-                        help="folds to average: 0..4 and/or all (default: every fold that has the checkpoint)")
+                        help="folds to average: fold numbers (0 1 2 ...) and/or all (default: every fold that has the checkpoint)")
     parser.add_argument("-chk", "--checkpoint", choices=CHECKPOINT_CHOICES, default="final",
                         help="checkpoint_<name>.pt to use (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")

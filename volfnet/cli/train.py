@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dataset", help="dataset id (e.g. 4) or full name (Dataset004_Hippocampus)")
     parser.add_argument("configuration", help="configuration, e.g. 3d_fullres")
-    parser.add_argument("fold", help="fold 0-4, or 'all' to train on every case")
+    parser.add_argument("fold", help="fold 0..N-1 for the N folds of splits.json (5 unless you wrote it), or 'all' to train on every case")
     parser.add_argument("--network", choices=["fmunet", "pctnet"], help="check that the plans use this network")
     parser.add_argument(
         "--pretrained", nargs="?", const=DEFAULT_PRETRAINED, default=None, metavar="PATH",
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a trainer setting, e.g. --set num_epochs=100 --set lr=0.003 (value is JSON; repeatable)",
     )
+    parser.add_argument("--npz", action="store_true",
+                        help="also keep the validation probabilities (validation/<case>.npz), for ensembles of configurations")
     parser.add_argument("--tag", default="", help="keep this model apart from others of the same network and configuration")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         num_gpus=args.num_gpus,
         overrides=args.overrides,
         tag=args.tag,
+        save_probabilities=args.npz,
     )
 
     def run() -> None:

@@ -42,7 +42,7 @@ from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from volfnet.data.spatial import SpatialAugmentation, SpatialParameters, rotation_extent
 from volfnet.data.transforms import DeepSupervisionTargets, MaskOutsideNonzero
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import IGNORE_LABEL
+from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
 
 DUMMY_2D_ANISOTROPY = 3.0  # patch longer than 3x its first (slice) axis: augment in-plane only, like nnU-Net
 
@@ -205,7 +205,7 @@ def _final_steps(masked_channels: Sequence[int], deep_supervision: Sequence[Sequ
     steps: list[AbstractTransform] = []
     if masked_channels:
         steps.append(MaskOutsideNonzero(masked_channels))
-    steps.append(RemoveLabelTransform(IGNORE_LABEL, 0, input_key="seg", output_key="seg"))
+    steps.append(RemoveLabelTransform(OUTSIDE_MASK_LABEL, 0, input_key="seg", output_key="seg"))
     steps.append(DeepSupervisionTargets(deep_supervision))
     return steps
 
@@ -290,6 +290,6 @@ def build_training_pipeline(
 
 
 def build_validation_pipeline(masked_channels: Sequence[int], deep_supervision: Sequence[Sequence[int]]) -> AugmentationPipeline:
-    """No augmentation: only masking, ignore label -> background, and the targets per scale.
+    """No augmentation: only masking, outside-mask label -1 -> background, and the targets per scale.
     The input batch is cropped to the final patch."""
     return AugmentationPipeline(None, _final_steps(masked_channels, deep_supervision))

@@ -189,7 +189,7 @@ class BatchLoader:
     def _start(self, prefetch: int, start_method: str | None) -> None:
         if start_method is None:
             start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        context = mp.get_context(start_method)
+        context: Any = mp.get_context(start_method)  # fork or spawn: both make Process objects
         if start_method == "fork":
             self._prepare_producer()  # once here, shared by every forked worker
         self._stop = context.Event()

@@ -8,7 +8,7 @@ within bounds that let the patch stick out of the case by half the augmentation 
 border voxels appear anywhere in a patch.
 
 Cropping slices the memory map first and pads only the small patch (image with 0, seg with
-the ignore value -1), so a sample never reads more of a case than its patch covers.
+the outside-mask value -1), so a sample never reads more of a case than its patch covers.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 
 from volfnet.data.cached_dataset import CachedCase, CachedDataset
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import IGNORE_LABEL
+from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
 
 FOREGROUND_OVERSAMPLING = 0.33  # share of each batch centred on foreground (nnU-Net's proven default)
 IMAGE_PAD_VALUE = 0.0  # normalised images are ~zero-mean, and 0 is also what the nonzero crop removed
-SEG_DTYPE = np.int16  # holds every label the case store writes (int8 or int16) plus the ignore value
+SEG_DTYPE = np.int16  # holds every label the case store writes (int8 or int16) plus the outside-mask value -1
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,6 @@ class PatchSampler:
                 raise VolfnetError(f"case {case.case_id} has {case.image.shape[0]} channels, others have {channels}")
             box = draw_box(case, self.crop_size, self.final_size, j >= self.first_forced, rng)
             crop_with_padding(case.image, box.lower, box.size, IMAGE_PAD_VALUE, out=data[j])
-            crop_with_padding(case.seg, box.lower, box.size, IGNORE_LABEL, out=seg[j])
+            crop_with_padding(case.seg, box.lower, box.size, OUTSIDE_MASK_LABEL, out=seg[j])
             boxes.append(box)
         return SampledBatch(data=data, seg=seg, boxes=boxes)

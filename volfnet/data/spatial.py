@@ -6,7 +6,7 @@ batchgenerators' ``SpatialTransform`` builds a coordinate array per sample and c
 0 outside the crop), and the labels through :func:`interpolate_labels`: the same trilinear
 weights, one-hot, argmax (what nnU-Net does), but computed only where a sample point's eight
 neighbours disagree; everywhere else the shared label is taken directly. Outside the crop the
-label is the ignore label -1.
+label is the outside-mask label -1.
 
 Conventions: output voxel ``o`` (centred) reads input ``x = s * R @ o + centre``; a scale
 ``s > 1`` reads a larger region (zooms out). ``R = R0 @ R1 @ R2`` rotates about axes 0, 1, 2
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import affine_transform
 
-from volfnet.preprocessing.case_store import IGNORE_LABEL
+from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
 
 ROTATION_GRID_MAX_3D = 61  # angles per axis when bounding the rotated patch: 61^3 matrices stay cheap
 ROTATION_GRID_MAX_2D = 721  # in-plane only: half-degree steps over the full circle
@@ -121,8 +122,9 @@ class SpatialAugmentation:
         for b in range(batch):
             matrix = self.draw(rng)
             if matrix is None:
-                out_data[b] = data[(b, slice(None), *centre)]
-                out_seg[b] = seg[(b, slice(None), *centre)]
+                index: tuple[Any, ...] = (b, slice(None), *centre)
+                out_data[b] = data[index]
+                out_seg[b] = seg[index]
             else:
                 self._sample(data[b], seg[b, 0], matrix, out_data[b], out_seg[b, 0])
         return out_data, out_seg
@@ -154,7 +156,7 @@ def uniform_cells(labels: np.ndarray) -> np.ndarray:
 def interpolate_labels(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Labels (Z, Y, X) at fractional ``coords`` (3, N): one-hot trilinear interpolation, argmax.
 
-    Points outside the array's voxel range get the ignore label, as the image gets 0 there
+    Points outside the array's voxel range get the outside-mask label -1, as the image gets 0 there
     (scipy's "constant" mode). Most other points fall in a cell whose 8 corners share a label
     and get it directly; only the rest (class borders, the array's last voxel) are scored
     corner by corner. Ties go to the lowest label.
@@ -170,7 +172,7 @@ def interpolate_labels(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
         uniform = in_cell & np.take(cells, (lz * (shape[1] - 1) + ly) * (shape[2] - 1) + lx)
     else:
         uniform = np.zeros(coords.shape[1], dtype=bool)
-    result[outside] = IGNORE_LABEL
+    result[outside] = OUTSIDE_MASK_LABEL
     rest = np.flatnonzero(~uniform & ~outside)
     if len(rest):
         result[rest] = _score_corners(labels, coords[:, rest], low[:, rest])
@@ -190,7 +192,7 @@ def _score_corners(labels: np.ndarray, coords: np.ndarray, low: np.ndarray) -> n
     weight = (weights[0][:, None, None] * weights[1][None, :, None] * weights[2][None, None, :]).reshape(8, -1)
     valid = (inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]).reshape(8, -1)
     index = (offsets[0][:, None, None] + offsets[1][None, :, None] + offsets[2][None, None, :]).reshape(8, -1)
-    value = np.where(valid, np.take(labels.reshape(-1), index), IGNORE_LABEL)
+    value = np.where(valid, np.take(labels.reshape(-1), index), OUTSIDE_MASK_LABEL)
     present = np.unique(value)
     scores = ((value[None] == present[:, None, None]) * weight[None]).sum(axis=1)  # (L, M)
     return present[np.argmax(scores, axis=0)].astype(np.int16)

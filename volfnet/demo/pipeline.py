@@ -10,6 +10,7 @@ final checkpoints and predictions exist) and so resumes an interrupted demo.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -150,15 +151,11 @@ def run_demo(settings: DemoSettings, on_stage: StageCallback | None = None) -> D
     ):
         final = checkpoint_path(fold_folder(folder, FOLD), "final")
         title = "fine-tuning the pretrained network" if pretrained else "training from scratch (same budget and recipe)"
-        timed(
-            name, index, f"{title}, {budget} iterations -> {final.parent}",
-            lambda tag=tag, pretrained=pretrained, final=final: _unless(final, lambda: train(
-                TrainRequest(
-                    dataset=str(DEMO_DATASET_ID), configuration=CONFIGURATION, fold=FOLD, pretrained=pretrained,
-                    device=settings.device, overrides=[f"recipe={FINETUNE_RECIPE}", *_trainer_overrides(settings)], tag=tag,
-                )
-            )),
+        request = TrainRequest(
+            dataset=str(DEMO_DATASET_ID), configuration=CONFIGURATION, fold=FOLD, pretrained=pretrained,
+            device=settings.device, overrides=[f"recipe={FINETUNE_RECIPE}", *_trainer_overrides(settings)], tag=tag,
         )
+        timed(name, index, f"{title}, {budget} iterations -> {final.parent}", functools.partial(_unless, final, functools.partial(train, request)))
 
     test_images = raw_folder / "imagesTs"
     outputs = {"pretrained": model / "demo_predictions", "scratch": scratch_model / "demo_predictions"}

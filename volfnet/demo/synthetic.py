@@ -41,7 +41,7 @@ def _smooth_field(shape: tuple[int, ...], rng: np.random.Generator, sigma: float
     return field * amplitude
 
 
-def _ellipsoid(grid: tuple[np.ndarray, ...], centre, radii, deformation: np.ndarray) -> np.ndarray:
+def _ellipsoid(grid: tuple[np.ndarray, ...], centre, radii, deformation: np.ndarray | float) -> np.ndarray:
     distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii))
     return distance + deformation < 1.0
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from volfnet.errors import VolfnetError
 from volfnet.evaluation.cases import CasePair, find_case_pairs, normalize_labels, read_pair
-from volfnet.evaluation.metrics import METRIC_NAMES, label_map_metrics
+from volfnet.evaluation.metrics import METRIC_NAMES, label_map_metrics, mask_metrics
 from volfnet.parallel import default_num_workers, parallel_starmap
 from volfnet.io.files import atomic_path, atomic_write_json
 from volfnet.io.image_io import read_image
@@ -50,11 +50,29 @@ def evaluate_case(
     tolerance_mm: float = DEFAULT_TOLERANCE_MM,
     overlay_image: Path | None = None,
     overlay_path: Path | None = None,
+    ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of one case (``{"case", "reference", "prediction", "metrics": {label: {...}}}``)
-    and, when both overlay paths are given, its PNG overlay."""
+    and, when both overlay paths are given, its PNG overlay.
+
+    Voxels whose reference is ``ignore_label`` (unannotated) are left out: they become
+    background in both maps, so whatever was predicted there is neither a true nor a false
+    positive (surfaces are taken after this, as nnU-Net takes its counts). With ``regions``
+    the keys of ``labels`` number the regions from 1 and region ``k`` is scored on the voxels
+    whose value is one of ``regions[k - 1]``, in both maps."""
     reference, prediction, geometry = read_pair(pair)
-    metrics = label_map_metrics(reference, prediction, labels, geometry.spacing, tolerance_mm)
+    if ignore_label is not None:
+        unannotated = reference == ignore_label
+        reference = np.where(unannotated, 0, reference)
+        prediction = np.where(unannotated, 0, prediction)
+    if regions is None:
+        metrics = label_map_metrics(reference, prediction, labels, geometry.spacing, tolerance_mm)
+    else:
+        metrics = {
+            int(number): mask_metrics(np.isin(reference, regions[number - 1]), np.isin(prediction, regions[number - 1]), geometry.spacing, tolerance_mm)
+            for number in labels
+        }
     if overlay_image is not None and overlay_path is not None:
         # Imported here: matplotlib adds about a second to every spawned worker's start-up
         # and is needed only when overlays are asked for.
@@ -78,7 +96,10 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def summarize(case_results: Sequence[dict], labels: Mapping[int, str], tolerance_mm: float) -> dict[str, Any]:
+def summarize(
+    case_results: Sequence[dict], labels: Mapping[int, str], tolerance_mm: float, ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
+) -> dict[str, Any]:
     """Per-label means over cases (NaN left out, and counted) and the foreground mean."""
     means: dict[str, dict[str, Any]] = {}
     for label, name in labels.items():
@@ -96,6 +117,8 @@ def summarize(case_results: Sequence[dict], labels: Mapping[int, str], tolerance
         "version": SUMMARY_VERSION,
         "tolerance_mm": float(tolerance_mm),
         "labels": {str(label): name for label, name in labels.items()},
+        "ignore_label": ignore_label,
+        "regions": None if regions is None else {str(number): list(map(int, region)) for number, region in enumerate(regions, 1)},
         "metric_names": list(METRIC_NAMES),
         "conventions": CONVENTIONS,
         "num_cases": len(case_results),
@@ -157,6 +180,8 @@ def evaluate_folder(
     output_folder: Path | None = None,
     allow_missing: bool = False,
     overlay_images_folder: Path | None = None,
+    ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Score every prediction in ``pred_folder`` against the same-named reference.
 
@@ -164,19 +189,27 @@ def evaluate_folder(
     reference without a prediction is an error unless ``allow_missing``; a geometry mismatch
     is always an error. ``summary.json``/``summary.csv`` go to ``output_folder`` (default:
     ``pred_folder``) and, with ``overlay_images_folder``, ``overlays/<case>.png`` beside them.
-    Returns the summary (NaN where the JSON file has null).
+    ``ignore_label`` (the dataset's ``"ignore"`` label) marks reference voxels left out of
+    every metric. ``regions`` (region datasets) scores regions instead of labels: region ``k``
+    is every voxel whose value is one of ``regions[k - 1]``, named after the ``k``-th
+    foreground entry of ``labels``. Returns the summary (NaN where the JSON file has null).
     """
     if not tolerance_mm >= 0:
         raise VolfnetError(f"NSD tolerance must be a non-negative number of mm, got {tolerance_mm}")
     label_names = normalize_labels(labels)
+    if regions is not None:
+        names = [name for value, name in label_names.items() if value > 0]
+        if len(names) != len(regions):
+            raise VolfnetError(f"{len(regions)} regions but {len(names)} foreground label names to call them")
+        label_names = {number: name for number, name in enumerate(names, 1)}
     pairs = find_case_pairs(Path(gt_folder), Path(pred_folder), file_ending, allow_missing)
     ending = file_ending or pairs[0].reference.name[len(pairs[0].case_id):]
     output_folder = Path(output_folder) if output_folder is not None else Path(pred_folder)
     overlays = _overlay_tasks(pairs, overlay_images_folder, ending, output_folder)
-    tasks = [(pair, list(label_names), tolerance_mm, image, png) for pair, (image, png) in zip(pairs, overlays)]
+    tasks = [(pair, list(label_names), tolerance_mm, image, png, ignore_label, regions) for pair, (image, png) in zip(pairs, overlays)]
     logger.info("evaluating %d case(s), labels %s", len(pairs), list(label_names))
     results = parallel_starmap(evaluate_case, tasks, num_workers, desc="evaluation", collect_user_errors=True)
-    summary = summarize(results, label_names, tolerance_mm)
+    summary = summarize(results, label_names, tolerance_mm, ignore_label, regions)
     summary["reference_folder"] = str(gt_folder)
     summary["prediction_folder"] = str(pred_folder)
     json_path, _ = write_summary(summary, output_folder)

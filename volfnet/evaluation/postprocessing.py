@@ -141,22 +141,26 @@ def load_postprocessing(path: Path) -> PostprocessingDecision:
     return PostprocessingDecision.from_dict(read_json(Path(path)), str(path))
 
 
-def _label_dice(reference: np.ndarray, prediction: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
+def _label_dice(reference: np.ndarray, prediction: np.ndarray, labels: Sequence[int], annotated: np.ndarray | None) -> dict[int, float]:
+    if annotated is not None:  # unannotated voxels are scored as neither true nor predicted
+        prediction = np.where(annotated, prediction, 0)
     return {label: dice(reference == label, prediction == label) for label in labels}
 
 
-def case_postprocessing_dice(pair: CasePair, labels: Sequence[int]) -> dict[str, dict[int, float]]:
+def case_postprocessing_dice(pair: CasePair, labels: Sequence[int], ignore_label: int | None = None) -> dict[str, dict[int, float]]:
     """Per-label Dice of one case for the four variants the decision compares: as predicted
     (``raw``), after the foreground step (``foreground``), and after the per-label step on
     each of those (``per_label_raw``, ``per_label_foreground``). Keeping one label's largest
-    component only changes that label, so all labels can be tried in one pass."""
+    component only changes that label, so all labels can be tried in one pass. The components
+    are found on the whole prediction; voxels of ``ignore_label`` are left out of the scores."""
     reference, prediction, _ = read_pair(pair)
+    annotated = None if ignore_label is None else reference != ignore_label
     foreground = keep_largest_component(prediction, None)
     return {
-        "raw": _label_dice(reference, prediction, labels),
-        "foreground": _label_dice(reference, foreground, labels),
-        "per_label_raw": _label_dice(reference, keep_largest_component(prediction, labels), labels),
-        "per_label_foreground": _label_dice(reference, keep_largest_component(foreground, labels), labels),
+        "raw": _label_dice(reference, prediction, labels, annotated),
+        "foreground": _label_dice(reference, foreground, labels, annotated),
+        "per_label_raw": _label_dice(reference, keep_largest_component(prediction, labels), labels, annotated),
+        "per_label_foreground": _label_dice(reference, keep_largest_component(foreground, labels), labels, annotated),
     }
 
 
@@ -182,12 +186,12 @@ def decide_postprocessing(cases: Sequence[dict], labels: Sequence[int]) -> Postp
     labels = [int(label) for label in labels if int(label) > 0]
     before = _label_means(cases, "raw", labels)
     after_foreground = _label_means(cases, "foreground", labels)
-    no_label_worse = all(not after_foreground[l] < before[l] for l in labels if not math.isnan(before[l]))
+    no_label_worse = all(not after_foreground[label] < before[label] for label in labels if not math.isnan(before[label]))
     use_foreground = no_label_worse and _foreground_mean(after_foreground) > _foreground_mean(before)
     base = after_foreground if use_foreground else before
     candidate = _label_means(cases, "per_label_foreground" if use_foreground else "per_label_raw", labels)
-    per_label = [l for l in labels if candidate[l] > base[l]]
-    final = {l: candidate[l] if l in per_label else base[l] for l in labels}
+    per_label = [label for label in labels if candidate[label] > base[label]]
+    final = {label: candidate[label] if label in per_label else base[label] for label in labels}
     return PostprocessingDecision(use_foreground, per_label, _report(before), _report(final), len(cases))
 
 
@@ -199,6 +203,7 @@ def determine_postprocessing(
     file_ending: str | None = None,
     num_workers: int = default_num_workers(),
     allow_missing: bool = False,
+    ignore_label: int | None = None,
 ) -> PostprocessingDecision:
     """Decide the postprocessing on (cross-validation) predictions and write
     ``postprocessing.json`` into ``output_folder`` (default: ``pred_folder``)."""
@@ -207,7 +212,7 @@ def determine_postprocessing(
         raise VolfnetError("postprocessing needs at least one foreground label (> 0)")
     pairs = find_case_pairs(Path(gt_folder), Path(pred_folder), file_ending, allow_missing)
     cases = parallel_starmap(
-        case_postprocessing_dice, [(pair, label_values) for pair in pairs], num_workers, desc="postprocessing", collect_user_errors=True
+        case_postprocessing_dice, [(pair, label_values, ignore_label) for pair in pairs], num_workers, desc="postprocessing", collect_user_errors=True
     )
     decision = decide_postprocessing(cases, label_values)
     target = Path(output_folder if output_folder is not None else pred_folder) / POSTPROCESSING_FILE

@@ -77,7 +77,7 @@ def _inverse_transpose(transpose_forward: list[int]) -> list[int]:
     return [int(i) for i in np.argsort(transpose_forward)]
 
 
-def _slabs(shape: list[int] | tuple[int, ...]) -> list[slice]:
+def slabs(shape: list[int] | tuple[int, ...]) -> list[slice]:
     """Slices along axis 0 of a (Z, Y, X) volume holding about :data:`SLAB_VOXELS` voxels each."""
     plane = max(int(np.prod(shape[1:])), 1)
     step = max(SLAB_VOXELS // plane, 1)
@@ -103,11 +103,28 @@ def resample_to_cropped_grid(logits: torch.Tensor, properties: CaseProperties, s
 def _softmax_(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over axis 0, in place and slab by slab (temporaries of one slab only)."""
     with torch.no_grad():
-        for slab in _slabs(logits.shape[1:]):
+        for slab in slabs(logits.shape[1:]):
             part = logits[:, slab]
             part.sub_(part.amax(dim=0, keepdim=True)).exp_()
             part.div_(part.sum(dim=0, keepdim=True))
     return logits
+
+
+def _sigmoid_(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of every value, in place and slab by slab (region outputs are independent)."""
+    with torch.no_grad():
+        for slab in slabs(logits.shape[1:]):
+            logits[:, slab].sigmoid_()
+    return logits
+
+
+def regions_to_labels(scores: torch.Tensor, regions_class_order: list[int], threshold: float) -> np.ndarray:
+    """Label map of region scores (C, *S): each region above ``threshold`` written with its
+    ``regions_class_order`` value, in that order (later regions overwrite: nnU-Net's rule)."""
+    labels = np.zeros(tuple(scores.shape[1:]), dtype=label_dtype(max(regions_class_order) + 1))
+    for region, value in enumerate(regions_class_order):
+        labels[(scores[region] > threshold).numpy()] = value
+    return labels
 
 
 def _box_slices(properties: CaseProperties) -> tuple[slice, ...]:
@@ -120,13 +137,16 @@ def cropped_logits_to_original(
     with_probabilities: bool = False,
     probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
     overwrite: bool = False,
+    regions_class_order: list[int] | None = None,
 ) -> ExportedPrediction:
     """Label map (and probabilities) in the original geometry from logits on the cropped grid.
 
     With ``with_probabilities`` the softmax is computed in place when ``overwrite`` is true
     (pass it for a tensor nobody else reads, such as the output of
     :func:`resample_to_cropped_grid` when it resampled), otherwise on a copy; the labels are
-    then the argmax of those probabilities.
+    then the argmax of those probabilities. With ``regions_class_order`` (region datasets)
+    the outputs are sigmoid regions instead: the probabilities are each region's sigmoid and
+    the label map writes every region above 0.5 with its value, in that order.
     """
     if list(cropped.shape[1:]) != list(properties.shape_after_cropping):
         raise ValueError(
@@ -136,28 +156,40 @@ def cropped_logits_to_original(
     source_storage = cropped.untyped_storage().data_ptr()
     cropped = cropped.detach().to("cpu", torch.float32)
     overwrite = overwrite or cropped.untyped_storage().data_ptr() != source_storage  # moved or converted: already a copy
-    if with_probabilities:  # labels from the probabilities themselves, so their argmax is the label map
-        cropped = _softmax_(cropped if overwrite else cropped.clone())
+    regions = regions_class_order is not None
+    if with_probabilities:  # labels from the probabilities themselves, so they agree with the label map
+        cropped = cropped if overwrite else cropped.clone()
+        cropped = _sigmoid_(cropped) if regions else _softmax_(cropped)
     box = _box_slices(properties)
-    seg = np.zeros(properties.shape_before_cropping, dtype=label_dtype(int(cropped.shape[0])))
-    inside = seg[box]
-    with torch.no_grad():
-        for slab in _slabs(cropped.shape[1:]):
-            inside[slab] = torch.argmax(cropped[:, slab], dim=0).numpy()
+    if regions_class_order is not None:
+        # a logit above 0 is a sigmoid above 0.5
+        threshold = 0.5 if with_probabilities else 0.0
+        seg = np.zeros(properties.shape_before_cropping, dtype=label_dtype(max(regions_class_order) + 1))
+        seg[box] = regions_to_labels(cropped, regions_class_order, threshold)
+    else:
+        seg = np.zeros(properties.shape_before_cropping, dtype=label_dtype(int(cropped.shape[0])))
+        inside = seg[box]
+        with torch.no_grad():
+            for slab in slabs(cropped.shape[1:]):
+                inside[slab] = torch.argmax(cropped[:, slab], dim=0).numpy()
     backward = _inverse_transpose(properties.transpose_forward)
     segmentation = np.ascontiguousarray(seg.transpose(backward))
     _check_shape(segmentation, properties.original_geometry, properties.case_id)
     probabilities = None
     if with_probabilities:
-        probabilities = _paste_probabilities(cropped, properties, box, probabilities_dtype)
+        probabilities = _paste_probabilities(cropped, properties, box, probabilities_dtype, background_channel=not regions)
         probabilities = probabilities.transpose(0, *[axis + 1 for axis in backward])
     return ExportedPrediction(segmentation, probabilities)
 
 
-def _paste_probabilities(probabilities: torch.Tensor, properties: CaseProperties, box: tuple[slice, ...], dtype: np.dtype | type) -> np.ndarray:
-    """A (K, *shape_before_cropping) array: the cropped probabilities in the box, background 1 outside."""
+def _paste_probabilities(
+    probabilities: torch.Tensor, properties: CaseProperties, box: tuple[slice, ...], dtype: np.dtype | type, background_channel: bool = True
+) -> np.ndarray:
+    """A (K, *shape_before_cropping) array: the cropped probabilities in the box; outside it,
+    background 1 (classes) or every region 0 (regions)."""
     full = np.zeros((int(probabilities.shape[0]), *properties.shape_before_cropping), dtype=dtype)
-    full[0] = 1
+    if background_channel:
+        full[0] = 1
     full[(slice(None), *box)] = probabilities.numpy()  # numpy casts in buffered chunks: no float32 copy
     return full
 
@@ -183,6 +215,7 @@ def logits_to_original(
     with_probabilities: bool = False,
     postprocessing: PostprocessingDecision | None = None,
     probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
+    regions_class_order: list[int] | None = None,
 ) -> ExportedPrediction:
     """Logits on the preprocessed grid -> prediction in the original geometry (not written).
 
@@ -192,7 +225,7 @@ def logits_to_original(
     """
     cropped = resample_to_cropped_grid(logits, properties, spec)
     prediction = cropped_logits_to_original(
-        cropped, properties, with_probabilities, probabilities_dtype, overwrite=cropped is not logits
+        cropped, properties, with_probabilities, probabilities_dtype, overwrite=cropped is not logits, regions_class_order=regions_class_order
     )
     return _finish(prediction, postprocessing)
 
@@ -204,6 +237,7 @@ def take_logits_to_original(
     with_probabilities: bool = False,
     postprocessing: PostprocessingDecision | None = None,
     probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
+    regions_class_order: list[int] | None = None,
 ) -> ExportedPrediction:
     """:func:`logits_to_original` for logits nobody else holds, passed as a one-element list
     that this function empties: they are freed as soon as they are resampled (and may be
@@ -211,7 +245,9 @@ def take_logits_to_original(
     logits = holder.pop()
     cropped = resample_to_cropped_grid(logits, properties, spec)
     del logits
-    prediction = cropped_logits_to_original(cropped, properties, with_probabilities, probabilities_dtype, overwrite=True)
+    prediction = cropped_logits_to_original(
+        cropped, properties, with_probabilities, probabilities_dtype, overwrite=True, regions_class_order=regions_class_order
+    )
     del cropped
     return _finish(prediction, postprocessing)
 
@@ -227,7 +263,7 @@ def probabilities_path(output_file: Path) -> Path:
 def _write_probabilities(probabilities: np.ndarray, path: Path) -> None:
     """Compressed npz, atomically (a trained network's probabilities are mostly 0 and 1)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **{PROBABILITIES_KEY: probabilities})
+        np.savez_compressed(handle, probabilities=probabilities)  # the key is PROBABILITIES_KEY
 
 
 def load_probabilities(path: Path) -> np.ndarray:

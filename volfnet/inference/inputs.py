@@ -68,7 +68,8 @@ def _name_without_ending(path: Path) -> str:
 
 def _image_files(folder: Path) -> list[Path]:
     """Image files (supported endings, not hidden) in ``folder``; others are logged and ignored."""
-    files, ignored = [], []
+    files: list[Path] = []
+    ignored: list[Path] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
@@ -91,7 +92,9 @@ def _freely_named_cases(folder: Path, files: list[Path], num_channels: int) -> t
             f"one file each ({_expected_names(num_channels)})"
             for path in files
         ]
-    cases, problems, seen = [], [], {}
+    cases: list[InputCase] = []
+    problems: list[str] = []
+    seen: dict[str, Path] = {}
     for path in files:
         case_id = _name_without_ending(path)
         if case_id in seen:

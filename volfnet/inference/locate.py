@@ -30,18 +30,18 @@ def _dataset_name(dataset: str | int, results_root: Path, preprocessed_root: Pat
         raise VolfnetError(f"dataset {name} has no trained models in {results_root}; train one first") from None
 
 
-def _trained_networks(dataset_folder: Path, configuration: str) -> list[str]:
-    suffix = f"{MODEL_FOLDER_SEPARATOR}{configuration}"
-    return sorted(p.name[: -len(suffix)] for p in dataset_folder.glob(f"*{suffix}") if p.is_dir())
+def _trained_networks(dataset_folder: Path, configuration: str, tag: str = "") -> list[str]:
+    suffix = f"{MODEL_FOLDER_SEPARATOR}{configuration}" + (f"{MODEL_FOLDER_SEPARATOR}{tag}" if tag else "")
+    return sorted(p.name[: -len(suffix)] for p in dataset_folder.glob(f"*{suffix}") if p.is_dir() and not p.name.startswith("."))
 
 
-def default_network(dataset_name: str, configuration: str, results_root: Path, preprocessed_root: Path) -> str:
+def default_network(dataset_name: str, configuration: str, results_root: Path, preprocessed_root: Path, tag: str = "") -> str:
     """The network the dataset's plans chose for ``configuration``; without plans, the only
-    network trained for it."""
+    network trained for it (with ``tag``, among the folders of that tag)."""
     plans_file = preprocessed_root / dataset_name / PLANS_FILE
     if plans_file.is_file():
         return Plans.load(plans_file).configuration(configuration).network.name
-    trained = _trained_networks(results_root / dataset_name, configuration)
+    trained = _trained_networks(results_root / dataset_name, configuration, tag)
     if len(trained) == 1:
         return trained[0]
     raise VolfnetError(
@@ -50,13 +50,13 @@ def default_network(dataset_name: str, configuration: str, results_root: Path, p
     )
 
 
-def locate_model_folder(dataset: str | int, configuration: str, network: str | None = None) -> Path:
-    """``<results>/<DatasetXXX_Name>/<network>__<configuration>``, checked to exist."""
+def locate_model_folder(dataset: str | int, configuration: str, network: str | None = None, tag: str = "") -> Path:
+    """``<results>/<DatasetXXX_Name>/<network>__<configuration>[__<tag>]``, checked to exist."""
     results_root, preprocessed_root = paths.results_root(), paths.preprocessed_root()
     name = _dataset_name(dataset, results_root, preprocessed_root)
-    network = network or default_network(name, configuration, results_root, preprocessed_root)
-    folder = model_folder_path(name, network, configuration, results_root)
+    network = network or default_network(name, configuration, results_root, preprocessed_root, tag)
+    folder = model_folder_path(name, network, configuration, results_root, tag)
     if not folder.is_dir():
-        available = sorted(p.name for p in (results_root / name).iterdir() if p.is_dir() and MODEL_FOLDER_SEPARATOR in p.name)
+        available = sorted(p.name for p in (results_root / name).iterdir() if p.is_dir() and MODEL_FOLDER_SEPARATOR in p.name and not p.name.startswith("."))
         raise VolfnetError(f"{folder}: no such model folder (in {results_root / name}: {available or 'none'})")
     return folder

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,7 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
 from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
 from volfnet.networks.build import build_network_from_topology
+from volfnet.networks.runtime import full_resolution_outputs
 from volfnet.parallel import worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
@@ -88,19 +89,6 @@ class PredictionSummary:
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@contextlib.contextmanager
-def _full_resolution_outputs(networks: Sequence[nn.Module]) -> Iterator[None]:
-    """Switch deep supervision off while predicting (no coarse heads to compute), then restore."""
-    saved = [(net, net.deep_supervision) for net in networks if hasattr(net, "deep_supervision")]
-    for net, _ in saved:
-        net.deep_supervision = False
-    try:
-        yield
-    finally:
-        for net, value in saved:
-            net.deep_supervision = value
 
 
 def _default_device(device: torch.device | str | None) -> torch.device:
@@ -256,7 +244,7 @@ class Predictor:
             raise VolfnetError(
                 f"expected preprocessed data of shape ({self.num_input_channels}, Z, Y, X), got {list(image.shape)}"
             )
-        with _full_resolution_outputs(self.networks):
+        with full_resolution_outputs(self.networks):
             return predict_sliding_window(
                 self.networks, image, self.patch_size, self.num_classes,
                 step_fraction=self.step_fraction, mirror_axes=self.mirror_axes, tile_batch_size=self.tile_batch_size,
@@ -267,7 +255,8 @@ class Predictor:
     def _to_original(self, holder: list[torch.Tensor], properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
         """Export logits handed over in a one-element list (emptied: freed once resampled)."""
         return take_logits_to_original(
-            holder, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype
+            holder, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype,
+            self.dataset_json.regions_class_order if self.dataset_json.has_regions else None,
         )
 
     def _export(self, holder: list[torch.Tensor], properties: CaseProperties, output_file: Path, save_probabilities: bool) -> Path:

@@ -250,6 +250,7 @@ def predict_sliding_window(
         for net, mode in zip(networks, modes):
             net.train(mode)
 
+    assert logits is not None  # set by the first attempt that did not run out of memory
     result = logits[(slice(None), *crop)]
     if output_device is not None:
         result = result.to(output_device)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -52,7 +54,7 @@ def full_resolution_logits(output: torch.Tensor | Sequence[torch.Tensor]) -> tor
         if not output:
             raise VolfnetError("the network returned an empty list of outputs")
         return output[0]
-    return output
+    return cast(torch.Tensor, output)
 
 
 def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

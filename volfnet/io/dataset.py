@@ -17,6 +17,9 @@ from volfnet.io.image_io import SUPPORTED_ENDINGS
 
 DATASET_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+#: nnU-Net's name for the label of voxels without annotation (sparse or partial labels): they
+#: carry no loss, are never foreground centres and are left out of every score.
+IGNORE_LABEL_NAME = "ignore"
 
 
 @dataclass
@@ -38,14 +41,37 @@ class DatasetJson:
     file_ending: str
     name: str = ""
     raw: dict = field(default_factory=dict)
+    ignore_label: int | None = None  # the value of the ``"ignore"`` label; not in ``labels``
+    #: Region datasets (nnU-Net's BraTS convention): the label values each region unites, in
+    #: the order of the network's outputs; ``labels`` then maps each region's name to the
+    #: value it is written as (``regions_class_order``). Empty for ordinary labels.
+    regions: list[tuple[int, ...]] = field(default_factory=list)
+    region_names: list[str] = field(default_factory=list)
 
     @property
     def num_channels(self) -> int:
         return len(self.channel_names)
 
     @property
+    def has_regions(self) -> bool:
+        return bool(self.regions)
+
+    @property
+    def regions_class_order(self) -> list[int]:
+        return [self.labels[name] for name in self.region_names]
+
+    @property
     def label_values(self) -> list[int]:
+        """The values a label map holds for its classes (regions: 0 and every value a region
+        unites); the ignore label is not a class."""
+        if self.has_regions:
+            return sorted({0, *(v for region in self.regions for v in region)})
         return sorted(self.labels.values())
+
+    @property
+    def allowed_label_values(self) -> list[int]:
+        """Every value a label map may hold: the classes and the ignore label."""
+        return self.label_values + ([self.ignore_label] if self.ignore_label is not None else [])
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -53,8 +79,9 @@ class DatasetJson:
 
     @property
     def num_classes(self) -> int:
-        """Number of network outputs: background plus every foreground label."""
-        return max(self.label_values) + 1
+        """Number of network outputs: background plus every foreground label, or one sigmoid
+        output per region."""
+        return len(self.regions) if self.has_regions else max(self.label_values) + 1
 
     @classmethod
     def load(cls, path: Path) -> DatasetJson:
@@ -75,18 +102,7 @@ class DatasetJson:
             raise VolfnetError(f"{source}: channel_names must map channel indices to names") from exc
         if sorted(channels) != list(range(len(channels))) or not channels:
             raise VolfnetError(f"{source}: channel_names keys must be 0..N-1, got {sorted(channels)}")
-        labels = {}
-        for name, value in dict(data["labels"]).items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise VolfnetError(
-                    f"{source}: label {name!r} has value {value!r}; volfnet supports integer labels only"
-                )
-            labels[str(name)] = value
-        values = sorted(labels.values())
-        if not values or values[0] != 0:
-            raise VolfnetError(f"{source}: labels must include background with value 0")
-        if values != list(range(len(values))):
-            raise VolfnetError(f"{source}: label values must be consecutive integers 0..N-1, got {values}")
+        labels, regions, region_names, ignore_label = _parse_labels(data, source)
         ending = str(data["file_ending"])
         if ending not in SUPPORTED_ENDINGS:
             raise VolfnetError(f"{source}: file_ending {ending!r} is not supported; use one of {SUPPORTED_ENDINGS}")
@@ -97,7 +113,75 @@ class DatasetJson:
             file_ending=ending,
             name=str(data.get("name", "")),
             raw=dict(data),
+            ignore_label=ignore_label,
+            regions=regions,
+            region_names=region_names,
         )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_labels(data: dict, source: str) -> tuple[dict[str, int], list[tuple[int, ...]], list[str], int | None]:
+    """(labels, regions, region names, ignore label) from nnU-Net v2's ``labels`` and
+    ``regions_class_order``. A dataset whose labels map a name to a list of values is region
+    based: each non-background label is a region (the union of those values), and ``labels``
+    becomes what a prediction is written as, each region's ``regions_class_order`` value."""
+    raw_labels = dict(data["labels"])
+    ignore_label = raw_labels.pop(IGNORE_LABEL_NAME, None)
+    if ignore_label is not None and not _is_int(ignore_label):
+        raise VolfnetError(f"{source}: the 'ignore' label must be one integer value, got {ignore_label!r}")
+    if not any(isinstance(value, (list, tuple)) for value in raw_labels.values()):
+        return _class_labels(raw_labels, ignore_label, source), [], [], ignore_label
+    background = [name for name, value in raw_labels.items() if value in (0, [0])]
+    if len(background) != 1 or not _is_int(raw_labels[background[0]]):
+        raise VolfnetError(f"{source}: with region labels, background must be the single value 0 (one label mapped to 0)")
+    names = [name for name in raw_labels if name != background[0]]
+    regions = []
+    for name in names:
+        value = raw_labels[name]
+        members = [value] if _is_int(value) else list(value) if isinstance(value, (list, tuple)) else None
+        if members is None or not all(_is_int(v) for v in members):
+            raise VolfnetError(f"{source}: region {name!r} must list integer label values, got {value!r}")
+        if not members:
+            raise VolfnetError(f"{source}: region {name!r} is empty")
+        if min(members) <= 0:
+            raise VolfnetError(f"{source}: region {name!r} holds {min(members)}; regions are made of foreground values (> 0)")
+        regions.append(tuple(sorted(set(members))))
+    order = data.get("regions_class_order")
+    if order is None:
+        raise VolfnetError(f"{source}: regions_class_order is required when labels are regions (lists of values), as in nnU-Net")
+    if not isinstance(order, (list, tuple)) or len(order) != len(regions):
+        count = len(order) if isinstance(order, (list, tuple)) else order
+        raise VolfnetError(f"{source}: regions_class_order has {count} values but there are {len(regions)} regions")
+    if not all(_is_int(v) and v > 0 for v in order):
+        raise VolfnetError(f"{source}: regions_class_order must hold positive integers, got {order}")
+    highest = max(v for region in regions for v in region)
+    if ignore_label is not None and ignore_label <= highest:
+        raise VolfnetError(f"{source}: the 'ignore' label must have the highest value (nnU-Net's rule), got {ignore_label} with regions up to {highest}")
+    labels = {background[0]: 0, **{name: int(value) for name, value in zip(names, order)}}
+    return labels, regions, names, ignore_label
+
+
+def _class_labels(raw_labels: dict, ignore_label: int | None, source: str) -> dict[str, int]:
+    """Integer labels: consecutive values 0..N-1, background 0, ignore above them all."""
+    labels = {}
+    for name, value in raw_labels.items():
+        if not _is_int(value):
+            raise VolfnetError(f"{source}: label {name!r} has value {value!r}; labels are integers or lists of integers (regions)")
+        labels[str(name)] = value
+    values = sorted(labels.values())
+    if not values or values[0] != 0:
+        raise VolfnetError(f"{source}: labels must include background with value 0")
+    if ignore_label is not None and ignore_label <= values[-1]:
+        raise VolfnetError(
+            f"{source}: the 'ignore' label must have the highest value (nnU-Net's rule), got {ignore_label} "
+            f"with classes up to {values[-1]}"
+        )
+    if values != list(range(len(values))):
+        raise VolfnetError(f"{source}: label values must be consecutive integers 0..N-1, got {values}")
+    return labels
 
 
 def find_dataset_folder(identifier: str | int, root: Path) -> Path:

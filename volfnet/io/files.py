@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +54,15 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A symbolic link at ``target`` to ``source``, or a copy where links cannot be made
+    (Windows without the privilege)."""
+    try:
+        os.symlink(Path(source).resolve(), target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _to_jsonable(value: Any) -> Any:

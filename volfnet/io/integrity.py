@@ -321,7 +321,7 @@ def check_dataset_integrity(
             f"{len(training)} complete case(s)"
         )
 
-    allowed = ds_json.label_values
+    allowed = ds_json.allowed_label_values
     checks = parallel_map(
         functools.partial(check_case, allowed_labels=allowed, strict=strict, analyse=analyse_training),
         [_existing_label(case) for case in training],
@@ -338,7 +338,11 @@ def check_dataset_integrity(
         raise DataIntegrityError(problems, header=f"{dataset.folder}: dataset integrity check failed")
 
     found = sorted({v for check in checks for v in check.label_values})
-    never = {name: value for name, value in ds_json.labels.items() if value not in found}
+    never: dict[str, Any]
+    if ds_json.has_regions:  # a region is present where any of its values is
+        never = {name: list(region) for name, region in zip(ds_json.region_names, ds_json.regions) if not set(region) & set(found)}
+    else:
+        never = {name: value for name, value in ds_json.labels.items() if value not in found}
     if never:
         warnings.append(f"{dataset.folder / 'dataset.json'}: label(s) {never} occur in no training label map")
     for message in warnings[:_MAX_LOGGED_WARNINGS]:

@@ -11,7 +11,7 @@ unchanged and give the same outputs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import cast, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ class PreActivationConv(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self[1](self[0](x))
-        if len(self) == 4 and self.training and self[2].p > 0:
+        if len(self) == 4 and self.training and cast(nn.Dropout, self[2]).p > 0:
             y = self[2](y)
         return self[-1](y)
 

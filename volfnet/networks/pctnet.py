@@ -11,7 +11,7 @@ built for one token grid, so the network has a fixed input size; any other size 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import cast, Sequence
 
 import torch
 from torch import nn
@@ -250,7 +250,8 @@ class PCTNet(nn.Module):
                 f"network topology: PCT-Net input_size {list(self.input_size)} must be divisible by {divisor} "
                 f"(its total down-sampling in resolution_mode {resolution_mode})"
             )
-        level2 = tuple(4 * size // div for size, div in zip(self.input_size, divisor))
+        d, h, w = (4 * size // div for size, div in zip(self.input_size, divisor))
+        level2 = (d, h, w)
 
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -311,7 +312,7 @@ class PCTNet(nn.Module):
             )
         x0, x1, x2 = self.embeddings[self.resolution_mode](x)
         d2, d3 = self.pyramid_ct(x2)
-        head = self.pred_heads[self.resolution_mode]
+        head = cast(PredictionHead, self.pred_heads[self.resolution_mode])
         d0, d1 = head(d2, x1, x0)
         if not self.deep_supervision:
             return head.out_conv0(d0)

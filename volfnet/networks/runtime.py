@@ -10,6 +10,7 @@ until a GPU benchmark shows it faster for these networks.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 
 import torch
@@ -55,7 +56,7 @@ def use_channels_last(device: torch.device | str, channels_last: bool | None = N
 def prepare_model(model: nn.Module, device: torch.device | str, channels_last: bool | None = None) -> nn.Module:
     """Move ``model`` to ``device`` in the chosen memory format (in place; returned for chaining)."""
     fmt = torch.channels_last_3d if use_channels_last(device, channels_last) else torch.contiguous_format
-    return model.to(device=torch.device(device), memory_format=fmt)
+    return model.to(device=torch.device(device), memory_format=fmt)  # type: ignore[call-overload]  # valid; missing from torch's stubs
 
 
 def prepare_input(x: torch.Tensor, device: torch.device | str, channels_last: bool | None = None) -> torch.Tensor:
@@ -80,3 +81,23 @@ def architecture_buffer_names(model: nn.Module) -> list[str]:
             if name in present:
                 names.append(f"{prefix}.{name}" if prefix else name)
     return names
+
+
+@contextlib.contextmanager
+def full_resolution_outputs(networks: Sequence[nn.Module], eval_mode: bool = False) -> Iterator[None]:
+    """Switch deep supervision off (no coarse heads to compute: the network returns its
+    full-resolution output only) and, with ``eval_mode``, put the networks in eval mode;
+    both are restored afterwards, also after an error."""
+    saved = [(net, getattr(net, "deep_supervision", None), net.training) for net in networks]
+    for net, deep_supervision, _ in saved:
+        if deep_supervision is not None:
+            setattr(net, "deep_supervision", False)  # an attribute of volfnet's networks only
+        if eval_mode:
+            net.eval()
+    try:
+        yield
+    finally:
+        for net, deep_supervision, training in saved:
+            if deep_supervision is not None:
+                setattr(net, "deep_supervision", deep_supervision)
+            net.train(training)

@@ -154,6 +154,7 @@ class WindowAttention3D(nn.Module):
     # A fixed function of the window size (released checkpoints carry the same values): every
     # process builds it identically, so DDP need not broadcast it (networks.runtime).
     ARCHITECTURE_BUFFERS = ("relative_position_index",)
+    relative_position_index: torch.Tensor  # a registered buffer
 
     def __init__(self, dim: int, window: int, num_heads: int, dropout: float) -> None:
         super().__init__()
@@ -209,7 +210,8 @@ class SwinBlock3D(nn.Module):
         self.resolution = resolution
         self.window = window
         self.shift = shift
-        self.padded = tuple(-(-size // window) * window for size in resolution)
+        d, h, w = (-(-size // window) * window for size in resolution)
+        self.padded = (d, h, w)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention3D(dim, window, num_heads, dropout)
         self.drop_path = DropPath(drop_path)

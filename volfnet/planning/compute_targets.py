@@ -9,6 +9,7 @@ on a CPU memory is plentiful but every FLOP counts. Widths are part of the targe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from volfnet.errors import VolfnetError
 
@@ -28,7 +29,9 @@ class ComputeTarget:
 
 
 # 8 GB is nnU-Net's default reference GPU; the others scale the memory budget.
-_GPU = dict(device="cuda", step_gflop=None, base_features=32, max_features=512, initial_patch_voxels=256**3, min_batch_size=2, max_batch_size=64)
+_GPU: dict[str, Any] = dict(
+    device="cuda", step_gflop=None, base_features=32, max_features=512, initial_patch_voxels=256**3, min_batch_size=2, max_batch_size=64
+)
 
 # The CPU budget: forward+backward FLOPs per step; 3x3x3 conv3d runs at roughly 25-50 GFLOP/s
 # forward+backward on 2 cores, so 60 GFLOP is about 1.5-2.5 s per step.

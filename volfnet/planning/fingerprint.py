@@ -103,12 +103,17 @@ def samples_per_case(num_cases: int) -> int:
     return max(MIN_SAMPLES_PER_CASE, TOTAL_INTENSITY_SAMPLES // max(num_cases, 1))
 
 
-def fingerprint_arrays(case: CaseFiles, image: np.ndarray, geometry: ImageGeometry, seg: np.ndarray | None, num_samples: int) -> CaseFingerprint:
+def fingerprint_arrays(
+    case: CaseFiles, image: np.ndarray, geometry: ImageGeometry, seg: np.ndarray | None, num_samples: int, ignore_label: int | None = None
+) -> CaseFingerprint:
     """Spacing, cropped shape, crop ratio and foreground intensity samples of one case held
-    in memory (image (C, Z, Y, X), seg (1, Z, Y, X) or None)."""
+    in memory (image (C, Z, Y, X), seg (1, Z, Y, X) or None). Voxels of the dataset's ignore
+    label are not foreground: what they hold is unknown."""
     cropped, cropped_seg, _ = crop_to_nonzero(image, seg)
     ratio = float(np.prod(cropped.shape[1:]) / np.prod(image.shape[1:]))
     foreground = cropped_seg[0] > 0
+    if ignore_label is not None:
+        foreground &= cropped_seg[0] != ignore_label
     rng = np.random.default_rng(case_seed(case.case_id))
     samples = []
     for channel in cropped:
@@ -119,20 +124,22 @@ def fingerprint_arrays(case: CaseFiles, image: np.ndarray, geometry: ImageGeomet
     return case.case_id, geometry.spacing, list(cropped.shape[1:]), ratio, samples
 
 
-def fingerprint_case(case: CaseFiles, num_samples: int) -> CaseFingerprint:
+def fingerprint_case(case: CaseFiles, num_samples: int, ignore_label: int | None = None) -> CaseFingerprint:
     """Read one case and fingerprint it."""
     image, geometry, seg = read_raw_case(case)
     if not np.all(np.isfinite(image)):
         raise VolfnetError(f"{case.images[0]}: image contains NaN or infinite values")
-    return fingerprint_arrays(case, image, geometry, seg, num_samples)
+    return fingerprint_arrays(case, image, geometry, seg, num_samples, ignore_label)
 
 
-def extract_fingerprint(cases: list[CaseFiles], channel_names: dict[int, str], num_workers: int = 1, progress: bool = True) -> Fingerprint:
+def extract_fingerprint(
+    cases: list[CaseFiles], channel_names: dict[int, str], num_workers: int = 1, progress: bool = True, ignore_label: int | None = None
+) -> Fingerprint:
     """Fingerprint the training cases (in parallel; a worker's error names its case)."""
     if not cases:
         raise VolfnetError("cannot fingerprint a dataset without training cases")
     start = time.perf_counter()
-    work = functools.partial(fingerprint_case, num_samples=samples_per_case(len(cases)))
+    work = functools.partial(fingerprint_case, num_samples=samples_per_case(len(cases)), ignore_label=ignore_label)
     results = parallel_map(work, cases, num_workers, desc="fingerprint", progress=progress)
     logger.info("fingerprinted %d cases in %.1f s", len(cases), time.perf_counter() - start)
     return assemble_fingerprint(results, channel_names)

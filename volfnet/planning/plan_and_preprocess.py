@@ -74,7 +74,9 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
         if checked and all(c.case_id in checked for c in cases):
             fingerprint = assemble_fingerprint([checked[c.case_id] for c in cases], raw.dataset_json.channel_names)
         else:
-            fingerprint = extract_fingerprint(cases, raw.dataset_json.channel_names, request.num_workers, request.progress)
+            fingerprint = extract_fingerprint(
+                cases, raw.dataset_json.channel_names, request.num_workers, request.progress, raw.dataset_json.ignore_label
+            )
         fingerprint.save(fingerprint_path)
     options, fit = request.options, None
     if request.pretrained is not None:
@@ -142,7 +144,9 @@ def plan_and_preprocess(request: PlanAndPreprocessRequest) -> PlanAndPreprocessR
         analyse = None
         if request.clean or not (dataset_output_folder(raw) / "fingerprint.json").is_file():
             cases, _ = raw.training_cases()
-            analyse = functools.partial(fingerprint_arrays, num_samples=samples_per_case(len(cases)))
+            analyse = functools.partial(
+                fingerprint_arrays, num_samples=samples_per_case(len(cases)), ignore_label=raw.dataset_json.ignore_label
+            )
         checked = check_dataset_integrity(raw, num_workers=request.num_workers, analyse_training=analyse).case_analyses
     output = paths.ensure_writable_dir(dataset_output_folder(raw), "preprocessed")
     atomic_write_json(output / "dataset.json", raw.dataset_json.raw)

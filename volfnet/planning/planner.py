@@ -118,8 +118,9 @@ class Planner:
     def _fits(self, topology: NetworkTopology, patch: list[int], batch_size: int, exact: bool = True) -> bool:
         measure = measure_cost if exact else estimate_cost
         cost = measure(topology, patch, self.num_channels, self.num_classes)
-        if self.target.device == "cpu":
+        if self.target.step_gflop is not None:  # CPU targets budget compute, GPU targets memory
             return cost.training_gflop(batch_size) <= self.target.step_gflop
+        assert self.target.memory_gb is not None
         return cost.gpu_memory_gb(batch_size) <= self.target.memory_gb
 
     def _initial_patch(self, spacing: list[float], median_shape: list[int]) -> list[int]:

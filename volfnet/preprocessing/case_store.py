@@ -20,7 +20,7 @@ from volfnet.io.files import atomic_save_npy, atomic_write_json, load_npy, npy_p
 from volfnet.io.image_io import ImageGeometry
 
 PROPERTIES_VERSION = 1
-IGNORE_LABEL = -1  # seg value outside the nonzero mask: excluded from oversampling, background in training
+OUTSIDE_MASK_LABEL = -1  # seg value outside the nonzero mask: excluded from oversampling, background in training
 
 
 @dataclass

@@ -7,10 +7,12 @@ current axis order.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
-from volfnet.preprocessing.case_store import IGNORE_LABEL
+from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
@@ -33,15 +35,15 @@ def bounding_box(mask: np.ndarray) -> list[list[int]]:
 
 def crop_to_box(array: np.ndarray, box: list[list[int]]) -> np.ndarray:
     """Crop the trailing three axes of ``array`` to ``box``."""
-    slices = tuple(slice(a, b) for a, b in box)
-    return array[(Ellipsis, *slices)]
+    index: tuple[Any, ...] = (Ellipsis, *(slice(a, b) for a, b in box))
+    return array[index]
 
 
 def crop_to_nonzero(image: np.ndarray, seg: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
     """Crop image (C, Z, Y, X) and seg (1, Z, Y, X) to the nonzero mask of the image.
 
     Returns the cropped image, a cropped seg in which background voxels outside the mask are
-    set to :data:`IGNORE_LABEL` (a seg of 0/-1 is made when ``seg`` is None), and the box.
+    set to :data:`OUTSIDE_MASK_LABEL` (a seg of 0/-1 is made when ``seg`` is None), and the box.
     """
     mask = nonzero_mask(image)
     box = bounding_box(mask)
@@ -51,5 +53,5 @@ def crop_to_nonzero(image: np.ndarray, seg: np.ndarray | None) -> tuple[np.ndarr
         seg = np.zeros((1, *mask.shape), dtype=np.int16)
     else:
         seg = crop_to_box(seg, box).astype(np.int16, copy=True)
-    seg[0][(seg[0] == 0) & ~mask] = IGNORE_LABEL
+    seg[0][(seg[0] == 0) & ~mask] = OUTSIDE_MASK_LABEL
     return image, seg, box

@@ -21,7 +21,7 @@ def normalize_channel(channel: np.ndarray, spec: ChannelNormalization, mask: np.
     if spec.scheme == "ct":
         np.clip(channel, spec.clip_lower, spec.clip_upper, out=channel)
         channel -= np.float32(spec.mean)
-        channel /= np.float32(max(float(spec.std), EPSILON))
+        channel /= np.float32(max(float(spec.std or 0.0), EPSILON))
         return channel
     if spec.scheme == "rescale_0_1":
         low, high = float(channel.min()), float(channel.max())

@@ -91,7 +91,7 @@ def preprocess_array(
     locations = {}
     if foreground_labels:
         locations = sample_class_locations(seg, foreground_labels, np.random.default_rng(case_seed(case_id)))
-    max_label = max(foreground_labels) if foreground_labels else 1
+    max_label = int(seg.max()) if seg.size else 0  # the ignore label may sit above every class
     properties = CaseProperties(
         case_id=case_id,
         original_geometry=geometry,

@@ -34,7 +34,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,7 +56,7 @@ from volfnet.networks.weights import LoadReport
 from volfnet.training import distributed
 from volfnet.training.config import TrainerConfig
 from volfnet.training.initial_weights import load_initial_weights
-from volfnet.training.losses import as_label_map
+from volfnet.training.losses import hard_dice_counts
 from volfnet.training.optim import LRSchedule, build_optimizer, learning_rate, parameter_groups
 from volfnet.training.progress import ProgressWriter, TrainingLog, format_epoch
 from volfnet.training.rng import capture_rng_states, restore_rng_states
@@ -214,8 +214,8 @@ class _Trainer:
         self.eval_model: nn.Module = self.model
         if self.config.compile:
             logger.info("compiling the network (torch.compile); the first iterations are slow")
-            self.train_model = torch.compile(self.train_model)
-            self.eval_model = torch.compile(self.model)
+            self.train_model = cast(nn.Module, torch.compile(self.train_model))  # an OptimizedModule
+            self.eval_model = cast(nn.Module, torch.compile(self.model))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not self.config.deterministic
             torch.backends.cudnn.deterministic = self.config.deterministic
@@ -324,9 +324,11 @@ class _Trainer:
     @torch.no_grad()
     def _validate(self, loader: BatchLoader | None) -> tuple[float, list[float]]:
         """Validation loss and pseudo Dice per evaluated class: hard true/false positives and
-        false negatives of the argmax of the full-resolution output, summed over every
+        false negatives of the full-resolution output (argmax, or each region's sigmoid above
+        0.5; :func:`~volfnet.training.losses.hard_dice_counts`), summed over every
         validation batch (and every process) before dividing, as if the patches were one
-        volume. NaN for a class that neither occurs nor is predicted."""
+        volume; voxels of the task's ignore label are left out. NaN for a class that neither
+        occurs nor is predicted."""
         if loader is None:
             return math.nan, [math.nan] * len(self.classes)
         self.eval_model.eval()
@@ -340,13 +342,7 @@ class _Trainer:
             loss_sum[0] += loss.double()
             loss_sum[1] += 1
             first = outputs if isinstance(outputs, torch.Tensor) else outputs[0]
-            predicted = first.argmax(1)
-            labels = as_label_map(targets[0])
-            for index, label in enumerate(self.classes):
-                is_pred, is_ref = predicted == label, labels == label
-                counts[0, index] += (is_pred & is_ref).sum()
-                counts[1, index] += (is_pred & ~is_ref).sum()
-                counts[2, index] += (~is_pred & is_ref).sum()
+            counts += hard_dice_counts(first, targets[0], self.classes, self.task.ignore_label, self.task.regions)
         distributed.all_reduce_sum(counts)
         distributed.all_reduce_sum(loss_sum)
         tp, fp, fn = counts.cpu().tolist()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -65,7 +67,8 @@ def parameter_groups(model: nn.Module, config: TrainerConfig) -> list[dict]:
     prefixes = tuple(getattr(model, "encoder_key_prefixes", ()))
     if not prefixes:
         raise VolfnetError(f"{type(model).__name__} names no encoder, so encoder_lr_scale and encoder_frozen_iterations cannot apply")
-    encoder, rest = [], []
+    encoder: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (encoder if name.startswith(prefixes) else rest).append(parameter)
@@ -102,7 +105,7 @@ class LRSchedule:
 def build_optimizer(parameters: Iterable[nn.Parameter] | list[dict], config: TrainerConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam (L2 weight decay, as PyMIC) or AdamW over ``parameters``
     (tensors, or groups from :func:`parameter_groups`)."""
-    params = list(parameters)
+    params: list[Any] = list(parameters)
     if not params or not isinstance(params[0], dict):
         params = [{"params": [p for p in params if p.requires_grad]}]
     if not any(group["params"] for group in params):

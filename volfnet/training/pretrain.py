@@ -313,9 +313,10 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
             },
         )
     else:
-        validation_set = read_validation_set(run_folder)
-        if validation_set is None:
+        stored = read_validation_set(run_folder)
+        if stored is None:
             raise VolfnetError(f"{run_folder}: no validation set; the first process makes it before the others start")
+        validation_set = stored
     prepared = PreparedPretraining(pool, plans, request.configuration, topology, volf, validation_set, config, model_folder, run_folder)
     if write and (not request.resume or not (run_folder / SAMPLES_PNG).is_file()):
         task = prepared.task()

@@ -30,6 +30,7 @@ from torch import nn
 from volfnet.checkpoint import CheckpointSpec
 from volfnet.errors import VolfnetError
 from volfnet.networks.build import build_network_from_topology
+from volfnet.networks.runtime import full_resolution_outputs
 from volfnet.plans import ConfigurationPlan, NetworkTopology, Plans
 from volfnet.training.config import TrainerConfig, pretraining_defaults
 from volfnet.training.losses import (
@@ -119,6 +120,8 @@ class VolFPretrainingTask:
         self.validation_set = validation_set
         self.num_classes = volf_config.num_classes
         self.evaluated_classes = list(range(self.num_classes))
+        self.ignore_label = None  # every voxel of a fused image has a fusion level
+        self.regions = None
         weights = self.config.class_weights
         if weights is not None and len(weights) != self.num_classes:
             raise VolfnetError(f"class_weights has {len(weights)} values but VolF has {self.num_classes} classes (levels 0..K)")
@@ -167,23 +170,14 @@ def sample_examples(task: VolFPretrainingTask, count: int = SAMPLES_EXAMPLES) ->
 @torch.no_grad()
 def predict_examples(model: nn.Module, images: Sequence[np.ndarray], device: torch.device) -> list[np.ndarray]:
     """Argmax fusion level of each (Z, Y, X) image, full resolution (deep supervision off)."""
-    deep_supervision = getattr(model, "deep_supervision", None)
-    was_training = model.training
-    if deep_supervision is not None:
-        model.deep_supervision = False
-    model.eval()
-    try:
-        predictions = []
+    predictions = []
+    with full_resolution_outputs([model], eval_mode=True):
         for image in images:
             tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
             output = model(tensor)
             logits = output if isinstance(output, torch.Tensor) else output[0]
             predictions.append(logits.argmax(1)[0].to("cpu", torch.uint8).numpy())
-        return predictions
-    finally:
-        if deep_supervision is not None:
-            model.deep_supervision = deep_supervision
-        model.train(was_training)
+    return predictions
 
 
 def write_prediction_samples(task: VolFPretrainingTask, model: nn.Module, path: Path, device: torch.device) -> Path:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Sequence
+from typing import Any, cast
 from pathlib import Path
 
 import torch
@@ -27,8 +26,10 @@ from volfnet.data.deep_supervision import deep_supervision_factors
 from volfnet.errors import VolfnetError
 from volfnet.evaluation.evaluate import evaluate_folder, write_summary
 from volfnet.io.dataset import DatasetJson, find_dataset_folder
+from volfnet.io.files import link_or_copy
 from volfnet.model_folder import Fold
 from volfnet.networks.build import build_network_from_topology
+from volfnet.networks.runtime import full_resolution_outputs
 from volfnet.plans import ConfigurationPlan, Plans
 from volfnet.training.config import TrainerConfig
 from volfnet.training.losses import DiceCEConfig, segmentation_loss
@@ -45,7 +46,7 @@ def count_outputs(plan: ConfigurationPlan, num_input_channels: int, num_classes:
     no memory, no time), checked against the target scales the data pipeline will make."""
     with torch.device("meta"):
         network = build_network_from_topology(plan.network, num_input_channels, num_classes, deep_supervision=True)
-    scales = [tuple(int(v) for v in s) for s in network.output_scales()]
+    scales = [tuple(int(v) for v in s) for s in cast(Any, network).output_scales()]  # FMUNet and PCT-Net both have it
     expected = deep_supervision_factors(plan.network.strides, len(scales))
     if scales != expected:
         raise VolfnetError(
@@ -78,6 +79,7 @@ class SegmentationTask:
         val_cases: Sequence[str],
         config: TrainerConfig | None = None,
         raw_labels_folder: Path | None = None,
+        save_probabilities: bool = False,
     ) -> None:
         self.config = config if config is not None else TrainerConfig()
         self.plans = plans
@@ -96,9 +98,15 @@ class SegmentationTask:
         if not self.train_cases or not self.val_cases:
             raise VolfnetError(f"fold {fold}: needs training and validation cases, got {len(self.train_cases)} and {len(self.val_cases)}")
         self.raw_labels_folder = raw_labels_folder
+        self.save_probabilities = save_probabilities  # the final validation keeps <case>.npz too
         self.num_classes = dataset_json.num_classes
-        self.evaluated_classes = list(dataset_json.foreground_labels)
+        self.ignore_label = dataset_json.ignore_label
+        self.regions = [tuple(region) for region in dataset_json.regions] or None
+        # pseudo Dice per foreground class, or per region numbered from 1
+        self.evaluated_classes = list(range(1, len(self.regions) + 1)) if self.regions else list(dataset_json.foreground_labels)
         weights = self.config.class_weights
+        if weights is not None and self.regions:
+            raise VolfnetError("class_weights weight softmax classes; this dataset's labels are regions (sigmoid outputs), which take none")
         if weights is not None and len(weights) != self.num_classes:
             raise VolfnetError(
                 f"class_weights has {len(weights)} values but the network has {self.num_classes} classes "
@@ -114,6 +122,8 @@ class SegmentationTask:
             include_background=self.config.dice_include_background,
             smooth=self.config.dice_smooth,
             class_weights=tuple(weights) if weights is not None else None,
+            ignore_label=self.ignore_label,
+            regions=tuple(self.regions) if self.regions else None,
         )
         self._loss = segmentation_loss(self.num_outputs, self.loss_config)
 
@@ -153,21 +163,12 @@ class SegmentationTask:
 
         output = Path(run_folder) / VALIDATION_FOLDER
         logger.info("final validation: %d case(s) of fold %s -> %s", len(self.val_cases), self.fold, output)
-        deep_supervision = getattr(model, "deep_supervision", None)
-        if deep_supervision is not None:
-            model.deep_supervision = False
-        was_training = model.training
-        model.eval()
-        try:
+        with full_resolution_outputs([model], eval_mode=True):
             predictor = Predictor(
                 networks=[model], plans=self.plans, configuration_name=self.configuration_name,
                 dataset_json=self.dataset_json, device=device, progress=self.config.progress_bar,
             )
-            predictor.predict_cached_cases(self.cases_folder, self.val_cases, output)
-        finally:
-            if deep_supervision is not None:
-                model.deep_supervision = deep_supervision
-            model.train(was_training)
+            predictor.predict_cached_cases(self.cases_folder, self.val_cases, output, save_probabilities=self.save_probabilities)
         self.evaluate(output)
 
     def evaluate(self, output: Path) -> dict:
@@ -186,8 +187,11 @@ class SegmentationTask:
                 source = labels / f"{case_id}{ending}"
                 if not source.is_file():
                     raise VolfnetError(f"{source}: reference label of validation case {case_id} not found")
-                _link_or_copy(source, references / source.name)
-            summary = evaluate_folder(references, output, self.dataset_json.labels, file_ending=ending, output_folder=output)
+                link_or_copy(source, references / source.name)
+            summary = evaluate_folder(
+                references, output, self.dataset_json.labels, file_ending=ending, output_folder=output, ignore_label=self.ignore_label,
+                regions=self.regions,
+            )
             summary["reference_folder"] = str(labels)  # the links were temporary; name the originals
             for case in summary["per_case"]:
                 case["reference"] = str(labels / Path(case["reference"]).name)
@@ -195,13 +199,6 @@ class SegmentationTask:
         mean = summary.get("foreground_mean", {})
         logger.info("validation summary: %s (%s)", output / "summary.json", _describe_mean(mean))
         return summary
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.symlink(source.resolve(), target)
-    except OSError:  # no symlinks (e.g. Windows without the privilege)
-        shutil.copyfile(source, target)
 
 
 def _describe_mean(mean: object) -> str:

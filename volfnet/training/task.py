@@ -26,13 +26,35 @@ class TrainingTask(Protocol):
     """A task the training loop can run. Implementations: ``SegmentationTask`` (training) and
     ``VolFPretrainingTask`` (pretraining)."""
 
-    #: ``"segmentation"`` or ``"volf_pretraining"``; stored in the checkpoint spec.
-    kind: str
-    #: Network outputs (background included).
-    num_classes: int
-    #: Classes whose Dice the validation reports and averages (segmentation: the foreground
-    #: labels; VolF: every fusion level, background included).
-    evaluated_classes: Sequence[int]
+    # Read-only members (properties here, plain attributes in the tasks), so a task may hold
+    # narrower types than these.
+
+    @property
+    def kind(self) -> str:
+        """``"segmentation"`` or ``"volf_pretraining"``; stored in the checkpoint spec."""
+        ...
+
+    @property
+    def num_classes(self) -> int:
+        """Network outputs (background included; regions: one per region)."""
+        ...
+
+    @property
+    def evaluated_classes(self) -> Sequence[int]:
+        """Classes whose Dice the validation reports and averages (segmentation: the foreground
+        labels, or the regions numbered from 1; VolF: every fusion level, background included)."""
+        ...
+
+    @property
+    def ignore_label(self) -> int | None:
+        """Label value of unannotated voxels (the dataset's ``"ignore"`` label), left out of the
+        loss and of the pseudo Dice; None when every voxel is annotated (always for VolF)."""
+        ...
+
+    @property
+    def regions(self) -> Sequence[Sequence[int]] | None:
+        """Region datasets: the label values of each sigmoid output; None for softmax classes."""
+        ...
 
     def spec(self) -> CheckpointSpec:
         """Architecture and preprocessing spec written into every checkpoint."""

@@ -65,6 +65,7 @@ class TrainRequest:
     num_gpus: int = 1
     overrides: list[str] = field(default_factory=list)
     tag: str = ""
+    save_probabilities: bool = False  # keep the validation probabilities (nnU-Net's --npz), for ensembles
 
 
 @dataclass
@@ -82,11 +83,12 @@ class PreparedTraining:
     model_folder: Path
     run_folder: Path
     pretrained: Path | None
+    save_probabilities: bool = False
 
     def task(self) -> SegmentationTask:
         return SegmentationTask(
             self.plans, self.configuration, self.preprocessed_folder, self.dataset_json, self.fold,
-            self.train_cases, self.val_cases, self.config,
+            self.train_cases, self.val_cases, self.config, save_probabilities=self.save_probabilities,
         )
 
 
@@ -129,7 +131,8 @@ def prepare(request: TrainRequest, write: bool = True) -> PreparedTraining:
     if write and not request.validation_only:
         write_model_folder_files(model_folder, plans, folder / DATASET_FILE)
     return PreparedTraining(
-        plans, request.configuration, folder, dataset_json, fold, train_cases, val_cases, config, model_folder, run_folder, pretrained
+        plans, request.configuration, folder, dataset_json, fold, train_cases, val_cases, config, model_folder, run_folder, pretrained,
+        request.save_probabilities,
     )
 
 

@@ -99,7 +99,8 @@ def _float_list(name: str, value: Any, length: int) -> list[float]:
     return [float(v) for v in value]
 
 
-def _check_range(name: str, low: float, high: float, lowest: float, highest: float) -> None:
+def _check_range(name: str, pair: list[float] | list[int], lowest: float, highest: float) -> None:
+    low, high = pair
     if not (lowest <= low <= high <= highest):
         raise VolfnetError(
             f"VolF option {name!r} must satisfy {lowest} <= min <= max <= {highest}, got [{low}, {high}]"
@@ -155,21 +156,21 @@ class VolFConfig:
             setattr(self, name, float(value))
         self.low_percentile_range = _float_list("low_percentile_range", self.low_percentile_range, 2)
         self.high_percentile_range = _float_list("high_percentile_range", self.high_percentile_range, 2)
-        _check_range("low_percentile_range", *self.low_percentile_range, 0.0, 100.0)
-        _check_range("high_percentile_range", *self.high_percentile_range, 0.0, 100.0)
+        _check_range("low_percentile_range", self.low_percentile_range, 0.0, 100.0)
+        _check_range("high_percentile_range", self.high_percentile_range, 0.0, 100.0)
         if self.low_percentile_range[1] >= self.high_percentile_range[0]:
             raise VolfnetError(
                 f"VolF options: 'low_percentile_range' {self.low_percentile_range} must lie below "
                 f"'high_percentile_range' {self.high_percentile_range}"
             )
         self.gamma_range = _float_list("gamma_range", self.gamma_range, 2)
-        _check_range("gamma_range", *self.gamma_range, 1e-3, 1e3)
+        _check_range("gamma_range", self.gamma_range, 1e-3, 1e3)
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or not 2 <= self.num_classes <= MAX_NUM_CLASSES:
             raise VolfnetError(f"VolF option 'num_classes' must be an integer in [2, {MAX_NUM_CLASSES}], got {self.num_classes!r}")
         if self.fusion_mode not in FUSION_MODES:
             raise VolfnetError(f"VolF option 'fusion_mode' must be one of {FUSION_MODES}, got {self.fusion_mode!r}")
         self.box_count_range = _int_list("box_count_range", self.box_count_range, 2, 1)
-        _check_range("box_count_range", *self.box_count_range, 1, math.inf)
+        _check_range("box_count_range", self.box_count_range, 1, math.inf)
         self._check_sizes("block_size", check_patch=True)
         self._check_sizes("box_size", check_patch=False)
 
