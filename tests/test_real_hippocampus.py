@@ -20,7 +20,7 @@ def test_hippocampus_subset_end_to_end(roots):
     config = result.plans.configuration("3d_fullres")
     assert config.spacing == [1.0, 1.0, 1.0]
     assert config.normalization[0].scheme == "zscore"  # MRI: per-image z-score
-    assert list(result.plans.configurations) == ["3d_fullres"]  # no low-resolution stage for tiny images
+    assert list(result.plans.configurations) == ["3d_fullres", "2d"]  # no low-resolution stage for tiny images; 2d as always
     assert np.prod(config.patch_size) >= 0.5 * np.prod(config.median_shape)
     cases = list_preprocessed_cases(result.output_folder / "3d_fullres")
     assert len(cases) == 24

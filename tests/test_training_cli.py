@@ -117,7 +117,7 @@ def test_num_gpus_starts_one_training_process_per_gpu(planned, monkeypatch):
         (["1", "3d_fullres", "7"], r"fold 7 does not exist: the splits have folds 0..4 \(and 'all'\)"),
         (["1", "3d_fullres", "-1"], "fold -1 is out of range: folds are numbered from 0"),
         (["9", "3d_fullres", "0"], "dataset 9 is not preprocessed .*run `volfnet_plan_and_preprocess -d 9 -c 3d_fullres` first"),
-        (["1", "3d_lowres", "0"], r"configuration '3d_lowres' is not in .*plans.json \(planned: \['3d_fullres'\]\)"),
+        (["1", "3d_lowres", "0"], r"configuration '3d_lowres' is not in .*plans.json \(planned: \['2d', '3d_fullres'\]\)"),
         (["1", "3d_fullres", "0", "--c"], "cannot resume: .*checkpoint_latest.pt does not exist"),
         (["1", "3d_fullres", "0", "--pretrained"], "no pretrained checkpoint at .*pretrain/checkpoint_final.pt: run `volfnet_pretrain -d 1"),
         (["1", "3d_fullres", "0", "--pretrained", "missing.pt"], "pretrained checkpoint missing.pt does not exist"),

@@ -37,6 +37,9 @@ MIN_LOWRES_SHRINK = 2.0  # ...and only if it shrinks the median image at least t
 MASKED_NORM_CROP_RATIO = 0.75  # z-score inside the nonzero mask when cropping removed more than a quarter
 DUMMY_2D_RATIO = 3.0  # patches this much thinner along axis 0 are augmented in-plane (2D) only
 ANISOTROPIC_PLANE_RATIO = 2.0  # coarser-axis ratio above which lowres only coarsens the fine axes
+# The 2d configuration is the 3D machinery on patches one slice thick (DESIGN.md): its topology
+# is planned as if axis 0 were this coarse, so every kernel is 1 x k x k and axis 0 is never pooled.
+SLICE_AXIS_SPACING = 999.0
 
 CHANNEL_NAME_TO_SCHEME = {"ct": "ct", "nonorm": "none", "none": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1", "rescale_0_1": "rescale_0_1"}
 
@@ -55,6 +58,7 @@ class PlannerOptions:
     base_features: int | None = None
     max_features: int | None = None
     lowres: bool = True
+    plan_2d: bool = True  # also plan the 2d configuration (FMUNet only; as nnU-Net, always by default)
     topology: NetworkTopology | None = None  # fixed network (planning to fit a pretrained checkpoint)
 
 
@@ -128,10 +132,14 @@ class Planner:
         patch = inverse / np.prod(inverse) ** (1 / 3) * self.target.initial_patch_voxels ** (1 / 3)
         return [int(min(p, m)) for p, m in zip(np.round(patch), median_shape)]
 
-    def _shrink_to_budget(self, spacing: list[float], median_shape: list[int]) -> tuple[list[int], NetworkTopology]:
-        """Start large, then shrink the axis that overshoots the median image most, one
-        down-sampling step at a time, until a batch of the minimum size fits the budget."""
-        patch, topology = self._consistent(spacing, self._initial_patch(spacing, median_shape), round_up=True)
+    def _shrink_to_budget(
+        self, spacing: list[float], median_shape: list[int], initial: list[int] | None = None
+    ) -> tuple[list[int], NetworkTopology]:
+        """Start large (``initial``, default a cube-like patch of the target's size), then shrink
+        the axis that overshoots the median image most, one down-sampling step at a time, until
+        a batch of the minimum size fits the budget."""
+        start = initial if initial is not None else self._initial_patch(spacing, median_shape)
+        patch, topology = self._consistent(spacing, start, round_up=True)
         # Fast estimates first, then exact measurements for the last steps (see estimate_cost).
         for exact in (False, True):
             while not self._fits(topology, patch, self.target.min_batch_size, exact):
@@ -199,6 +207,29 @@ class Planner:
         )
         return configuration
 
+    def plan_2d(self, fullres: ConfigurationPlan) -> ConfigurationPlan:
+        """The 2d configuration: whole slices of the 3d_fullres cache (same spacing, same data),
+        patches ``[1, Y, X]`` starting from the median slice and shrunk to the budget, an FMUNet
+        with ``1 x 3 x 3`` kernels that pools in-plane only, in-plane augmentation, and as large
+        a batch as the budget allows (a slice costs little)."""
+        median = fullres.median_shape
+        plane_spacing = [SLICE_AXIS_SPACING, *fullres.spacing[1:]]
+        slice_shape = [1, *median[1:]]
+        patch, topology = self._shrink_to_budget(plane_spacing, slice_shape, initial=list(slice_shape))
+        batch = self.options.batch_size or self._batch_size(topology, patch, median)
+        configuration = dataclasses.replace(
+            fullres, patch_size=[int(p) for p in patch], batch_size=int(batch), network=topology, batch_dice=True,
+            mirror_axes=[1, 2], dummy_2d_augmentation=True,
+        )
+        configuration.check()
+        cost = measure_cost(topology, patch, self.num_channels, self.num_classes)
+        logger.info(
+            "2d: slices of %s, patch %s, batch %d, %s %s (%.1f M parameters, %.1f GFLOP per step)",
+            fullres.data_identifier, patch, batch, topology.name, topology.feature_channels, cost.parameters / 1e6,
+            cost.training_gflop(batch),
+        )
+        return configuration
+
     def _lowres_spacing(self, fullres_spacing: list[float], fullres_patch: list[int]) -> list[float] | None:
         """Smallest coarsening of the fullres spacing at which the planned patch covers at
         least :data:`LOWRES_THRESHOLD` of the median image (bisection on the scale)."""
@@ -262,6 +293,9 @@ class Planner:
                 else:
                     logger.info("3d_lowres dropped: it would shrink the median image less than %.0fx", MIN_LOWRES_SHRINK)
 
+        wants_2d = self.options.plan_2d and self.options.network == "fmunet" and self.options.topology is None and self.options.patch_size is None
+        if wants_2d:
+            configurations["2d"] = self.plan_2d(fullres)
         median_shape = [int(v) for v in np.median(np.asarray(fp.shapes_after_crop), axis=0)]
         return Plans(
             dataset_name=self.dataset_name,
