@@ -70,6 +70,9 @@ class TrainerConfig:
     encoder_warmup_iterations: int = 0
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 + GradScaler); CPU stays fp32
     compile: bool = False  # torch.compile the network: faster steps on recent GPUs, minutes of start-up
+    # channels-last (NDHWC) memory for network and batches; None: the device's default
+    # (networks.runtime.CHANNELS_LAST_DEFAULT: off on the CPU, where it measured slower)
+    channels_last: bool | None = None
     deterministic: bool = False  # cuDNN deterministic algorithms instead of benchmark-chosen ones
     seed: int = DEFAULT_SEED
     num_workers: int | None = None  # training data workers; None: one per CPU (at most 12)
@@ -138,6 +141,7 @@ class TrainerConfig:
         for name in ("nesterov", "amp", "compile", "deterministic", "progress_bar", "dice_include_background", "deep_supervision"):
             _require(isinstance(getattr(self, name), bool), name, "true or false")
         _require(self.batch_dice is None or isinstance(self.batch_dice, bool), "batch_dice", "null, true or false")
+        _require(self.channels_last is None or isinstance(self.channels_last, bool), "channels_last", "null, true or false")
         _require(isinstance(self.augmentation, dict), "augmentation", "an object of augmentation fields")
         self.augmentation_config()  # raises for unknown or bad augmentation fields
         if self.schedule == "warmup_poly" and self.warmup_iterations == 0 and self.warmup_fraction == 0:

@@ -188,7 +188,7 @@ class _Trainer:
                 logger.info("resuming: the pretrained weights are part of the checkpoint; %s is not loaded again", pretrained)
         elif pretrained is not None:
             report = load_initial_weights(self.model, Path(pretrained), self.task.spec(), encoder_only)
-        prepare_model(self.model, self.device)
+        prepare_model(self.model, self.device, self.config.channels_last)
         self.optimizer = build_optimizer(parameter_groups(self.model, self.config), self.config)
         self.schedule = LRSchedule(self.optimizer, self.config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=needs_grad_scaler(self.amp_dtype))
@@ -247,7 +247,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ steps
     def _to_device(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        data = prepare_input(batch.data, self.device)
+        data = prepare_input(batch.data, self.device, self.config.channels_last)
         targets = [t.to(self.device, non_blocking=True) for t in batch.target]
         return data, targets
 
