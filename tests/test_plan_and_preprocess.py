@@ -123,7 +123,7 @@ def test_parts_split_the_cases(roots):
     run("8", plan_only=True)
     result = run("8", preprocess_only=True, part=1, num_parts=2)
     assert list_preprocessed_cases(result.output_folder / "3d_fullres") == ["case_001", "case_003"]
-    with pytest.raises(VolfnetError, match="--part 2"):
+    with pytest.raises(VolfnetError, match=r"--part must be between 0 and 1 \(--num-parts 2\), got 2"):
         run("8", preprocess_only=True, part=2, num_parts=2)
 
 

@@ -103,8 +103,28 @@ def shutdown_pools(wait: bool = False) -> None:
         _discard_pool(num_workers, wait)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use (respects affinity / container limits where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def default_num_workers() -> int:
-    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+    """Worker processes for per-case stages: one per usable CPU, at most ``MAX_DEFAULT_WORKERS``."""
+    return min(MAX_DEFAULT_WORKERS, available_cpus())
+
+
+def select_part(cases: Sequence[T], part: int, num_parts: int) -> list[T]:
+    """Share ``part`` (0-based) of ``num_parts`` of the sorted cases: every ``num_parts``-th case
+    from index ``part``. Jobs started with the same folder and ``num_parts`` and parts
+    0..num_parts-1 predict every case exactly once, with no coordination between them."""
+    if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
+        raise VolfnetError(f"--num-parts must be a positive integer, got {num_parts!r}")
+    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
+        raise VolfnetError(f"--part must be between 0 and {num_parts - 1} (--num-parts {num_parts}), got {part!r}")
+    return list(cases[part::num_parts])
+
 
 
 def _item_name(item: Any) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing as mp
-import os
 import queue
 import signal
 import time
@@ -35,6 +34,7 @@ from threadpoolctl import threadpool_limits
 
 from volfnet.data.worker import NumpyBatch, WorkerFailure, run_worker
 from volfnet.errors import VolfnetError
+from volfnet.parallel import available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +69,6 @@ class WorkerTraceback(Exception):
 
 class WorkerError(RuntimeError):
     """A worker failed with an exception whose type cannot be rebuilt here, or died silently."""
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (respects affinity / container limits where the OS says)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def default_num_workers() -> int:

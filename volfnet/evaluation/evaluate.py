@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +22,7 @@ from volfnet.evaluation.metrics import METRIC_NAMES, label_map_metrics, mask_met
 from volfnet.parallel import default_num_workers, parallel_starmap
 from volfnet.io.files import atomic_path, atomic_write_json
 from volfnet.io.image_io import read_image
+from volfnet.values import json_safe, nanmean
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ def evaluate_case(
     }
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def summarize(
     case_results: Sequence[dict], labels: Mapping[int, str], tolerance_mm: float, ignore_label: int | None = None,
     regions: Sequence[Sequence[int]] | None = None,
@@ -106,7 +101,7 @@ def summarize(
         per_case = [case["metrics"][str(label)] for case in case_results]
         entry: dict[str, Any] = {"name": name}
         for metric in METRIC_NAMES:
-            entry[metric] = _nanmean([values[metric] for values in per_case])
+            entry[metric] = nanmean([values[metric] for values in per_case])
         entry["n_cases"] = len(per_case)
         entry["n_both_empty"] = sum(v["n_ref"] == 0 and v["n_pred"] == 0 for v in per_case)
         entry["n_reference_empty_only"] = sum(v["n_ref"] == 0 and v["n_pred"] > 0 for v in per_case)
@@ -122,28 +117,17 @@ def summarize(
         "metric_names": list(METRIC_NAMES),
         "conventions": CONVENTIONS,
         "num_cases": len(case_results),
-        "foreground_mean": {metric: _nanmean([entry[metric] for entry in foreground]) for metric in METRIC_NAMES},
+        "foreground_mean": {metric: nanmean([entry[metric] for entry in foreground]) for metric in METRIC_NAMES},
         "mean": means,
         "per_case": list(case_results),
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (not valid JSON) becomes null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 def write_summary(summary: Mapping[str, Any], output_folder: Path) -> tuple[Path, Path]:
     """Write ``summary.json`` and ``summary.csv`` atomically; return their paths."""
     output_folder = Path(output_folder)
     json_path, csv_path = output_folder / SUMMARY_JSON, output_folder / SUMMARY_CSV
-    atomic_write_json(json_path, _json_safe(dict(summary)))
+    atomic_write_json(json_path, json_safe(dict(summary)))
     columns = ["case", "label", "name", *METRIC_NAMES, *COUNT_NAMES]
     with atomic_path(csv_path) as tmp:
         with open(tmp, "w", newline="") as handle:

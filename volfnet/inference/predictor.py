@@ -60,7 +60,7 @@ from volfnet.io.image_io import ImageGeometry, file_ending
 from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.runtime import full_resolution_outputs
-from volfnet.parallel import worker_pool
+from volfnet.parallel import select_part, worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
 from volfnet.preprocessing.case_store import CaseProperties
@@ -114,17 +114,6 @@ def _writable_array(data: np.ndarray) -> np.ndarray:
     """float32 data torch can wrap without a warning (memory maps are read-only: copied)."""
     data = np.asarray(data, dtype=np.float32)
     return data if data.flags.writeable and data.flags.c_contiguous else np.array(data, dtype=np.float32, order="C")
-
-
-def select_part(cases: Sequence[T], part: int, num_parts: int) -> list[T]:
-    """Share ``part`` (0-based) of ``num_parts`` of the sorted cases: every ``num_parts``-th case
-    from index ``part``. Jobs started with the same folder and ``num_parts`` and parts
-    0..num_parts-1 predict every case exactly once, with no coordination between them."""
-    if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise VolfnetError(f"--num-parts must be a positive integer, got {num_parts!r}")
-    if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
-        raise VolfnetError(f"--part must be between 0 and {num_parts - 1} (--num-parts {num_parts}), got {part!r}")
-    return list(cases[part::num_parts])
 
 
 class Predictor:

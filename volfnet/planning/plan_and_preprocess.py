@@ -23,7 +23,8 @@ from volfnet.io.integrity import check_dataset_integrity
 from volfnet.plans import Plans, apply_override
 from volfnet.planning.fingerprint import Fingerprint, assemble_fingerprint, extract_fingerprint, fingerprint_arrays, samples_per_case
 from volfnet.planning.planner import Planner, PlannerOptions
-from volfnet.preprocessing.preprocessor import PreprocessSummary, preprocess_cases, select_part
+from volfnet.parallel import select_part
+from volfnet.preprocessing.preprocessor import PreprocessSummary, preprocess_cases
 
 logger = logging.getLogger(__name__)
 

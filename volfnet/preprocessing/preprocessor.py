@@ -142,14 +142,6 @@ class PreprocessSummary:
     seconds: float
 
 
-def select_part(cases: list[CaseFiles], part: int, num_parts: int) -> list[CaseFiles]:
-    """The ``part``-th of ``num_parts`` interleaved slices of the cases (for splitting work
-    across jobs or machines)."""
-    if num_parts < 1 or not 0 <= part < num_parts:
-        raise VolfnetError(f"--part {part} must be in 0..{num_parts - 1} (--num-parts {num_parts})")
-    return cases[part::num_parts]
-
-
 def preprocess_cases(
     cases: list[CaseFiles],
     plans: Plans,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from volfnet.data.augmentation import AugmentationConfig
 from volfnet.data.patch_sampler import FOREGROUND_OVERSAMPLING
 from volfnet.errors import VolfnetError
 from volfnet.plans import _build
+from volfnet.values import is_number
 
 FLOAT32_MAX = 3.4028234663852886e38  # optimisers keep the learning rate in float32
 
@@ -118,24 +118,24 @@ class TrainerConfig:
         _require(self.optimizer in OPTIMIZERS, "optimizer", f"one of {list(OPTIMIZERS)}")
         _require(self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}")
         # Optimisers hold the rate in float32: above its range torch fails with an opaque error.
-        _require(_is_number(self.lr) and 0 < self.lr < FLOAT32_MAX, "lr", "a positive float32 number")
+        _require(is_number(self.lr) and 0 < self.lr < FLOAT32_MAX, "lr", "a positive float32 number")
         for name in ("weight_decay", "poly_exponent", "dice_weight", "ce_weight", "encoder_lr_scale"):
-            _require(_is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
-        _require(_is_number(self.dice_smooth) and self.dice_smooth >= 0, "dice_smooth", "a number >= 0")
+            _require(is_number(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
+        _require(is_number(self.dice_smooth) and self.dice_smooth >= 0, "dice_smooth", "a number >= 0")
         _require(self.dice_weight + self.ce_weight > 0, "dice_weight", "positive, or ce_weight positive")
-        _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
-        _require(_is_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "a number in (0, 1]")
-        _require(_is_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
-        _require(_is_number(self.dice_ema) and 0 <= self.dice_ema < 1, "dice_ema", "a number in [0, 1)")
-        _require(_is_number(self.oversampling) and 0 <= self.oversampling <= 1, "oversampling", "a number in [0, 1]")
+        _require(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
+        _require(is_number(self.step_gamma) and 0 < self.step_gamma <= 1, "step_gamma", "a number in (0, 1]")
+        _require(is_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "warmup_fraction", "a number in [0, 1)")
+        _require(is_number(self.dice_ema) and 0 <= self.dice_ema < 1, "dice_ema", "a number in [0, 1)")
+        _require(is_number(self.oversampling) and 0 <= self.oversampling <= 1, "oversampling", "a number in [0, 1]")
         _require(
-            isinstance(self.betas, list) and len(self.betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.betas),
+            isinstance(self.betas, list) and len(self.betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in self.betas),
             "betas", "two numbers in [0, 1), e.g. [0.9, 0.999]",
         )
-        _require(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip >= 0), "grad_clip", "null or a number >= 0")
+        _require(self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip >= 0), "grad_clip", "null or a number >= 0")
         _require(
             self.class_weights is None
-            or (isinstance(self.class_weights, list) and all(_is_number(w) and w >= 0 for w in self.class_weights) and any(self.class_weights)),
+            or (isinstance(self.class_weights, list) and all(is_number(w) and w >= 0 for w in self.class_weights) and any(self.class_weights)),
             "class_weights", "null or a list of non-negative numbers, one per class (background first)",
         )
         for name in ("nesterov", "amp", "compile", "deterministic", "progress_bar", "dice_include_background", "deep_supervision"):
@@ -188,9 +188,6 @@ class TrainerConfig:
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(condition: bool, name: str, expected: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from volfnet.values import json_safe, nanmean
 from volfnet.io.files import atomic_path, atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class TrainingLog:
         self, epoch: int, train_loss: float, val_loss: float, pseudo_dice: Sequence[float], lr: float, seconds: float, ema_weight: float
     ) -> bool:
         """Record an epoch, update the moving average and return whether it is a new best."""
-        mean = _nanmean(pseudo_dice)
+        mean = nanmean(pseudo_dice)
         previous = self.ema_dice[-1] if self.ema_dice else math.nan
         if math.isnan(previous):
             ema = mean
@@ -80,7 +81,7 @@ class TrainingLog:
 
     def to_json(self) -> dict[str, Any]:
         """As :meth:`to_dict` with NaN and infinities as null (valid JSON)."""
-        return _json_safe(self.to_dict())
+        return json_safe(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingLog:
@@ -88,19 +89,6 @@ class TrainingLog:
         return cls(**{key: value for key, value in data.items() if key in names})
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [float(v) for v in values if not math.isnan(float(v))]
-    return sum(finite) / len(finite) if finite else math.nan
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 def format_epoch(log: TrainingLog, index: int = -1) -> str:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from volfnet.values import is_number
 from volfnet.errors import VolfnetError
 
 FUSION_MODES = ("grid", "box")
@@ -78,9 +79,6 @@ def default_box_size_range(patch_size: Sequence[int]) -> tuple[list[int], list[i
     return derive_size_range(patch_size, REFERENCE_BOX_MIN, REFERENCE_BOX_MAX)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
 
 def _int_list(name: str, value: Any, length: int, minimum: int) -> list[int]:
     if not isinstance(value, (list, tuple)) or len(value) != length:
@@ -94,7 +92,7 @@ def _int_list(name: str, value: Any, length: int, minimum: int) -> list[int]:
 
 
 def _float_list(name: str, value: Any, length: int) -> list[float]:
-    if not isinstance(value, (list, tuple)) or len(value) != length or not all(_is_number(v) for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != length or not all(is_number(v, finite=False) for v in value):
         raise VolfnetError(f"VolF option {name!r} must be a list of {length} numbers, got {value!r}")
     return [float(v) for v in value]
 
@@ -151,7 +149,7 @@ class VolFConfig:
             raise VolfnetError(f"VolF option 'augmentation_mode' must be one of {AUGMENTATION_MODES}, got {self.augmentation_mode!r}")
         for name in ("flip_probability", "invert_probability", "foreground_ratio"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value <= 1.0:
+            if not is_number(value, finite=False) or not 0.0 <= value <= 1.0:
                 raise VolfnetError(f"VolF option {name!r} must be a number in [0, 1], got {value!r}")
             setattr(self, name, float(value))
         self.low_percentile_range = _float_list("low_percentile_range", self.low_percentile_range, 2)
