@@ -59,7 +59,7 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
 from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
 from volfnet.networks.build import build_network_from_topology
-from volfnet.networks.runtime import full_resolution_outputs
+from volfnet.networks.runtime import full_resolution_outputs, resolve_device
 from volfnet.parallel import select_part, worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
@@ -89,19 +89,6 @@ class PredictionSummary:
     predicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _default_device(device: torch.device | str | None) -> torch.device:
-    """CUDA when present unless told otherwise, so CPU-only users need no flag."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise VolfnetError(f"unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise VolfnetError(f"device {device!r} was requested but this torch build sees no CUDA GPU; use 'cpu'")
-    return resolved
 
 
 def default_preprocessing_workers(device: torch.device) -> int:
@@ -157,7 +144,7 @@ class Predictor:
             raise VolfnetError(
                 f"dataset.json names {dataset_json.num_channels} channel(s) but the plans expect {plans.num_input_channels}"
             )
-        self.device = _default_device(device)
+        self.device = resolve_device(device)
         self.step_fraction = step_fraction
         self.use_mirroring = use_mirroring
         self.mirror_axes = list(self.configuration.mirror_axes) if use_mirroring else None

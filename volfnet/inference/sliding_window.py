@@ -30,6 +30,7 @@ from volfnet.inference.tiling import (
     tile_starts,
 )
 from volfnet.inference.tta import mirror_combinations, summed_logits
+from volfnet.networks.runtime import resolve_device
 
 __all__ = [
     "DEFAULT_STEP_FRACTION",
@@ -59,22 +60,6 @@ def accumulation_bytes(image_shape: Sequence[int], num_classes: int) -> int:
     return (int(num_classes) + 1) * math.prod(int(s) for s in image_shape) * BYTES_PER_FLOAT32
 
 
-def _resolve_device(device: torch.device | str | None) -> torch.device:
-    """The compute device: CUDA when present unless told otherwise (CPU-only users need no flag)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise VolfnetError(f"unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VolfnetError(f"device {device!r} was requested but this torch build sees no CUDA GPU; use 'cpu'")
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-    return resolved
-
-
 def _resolve_amp(amp: bool | None, compute: torch.device) -> bool:
     """Half-precision autocast only on CUDA: on the CPU it is slower and less accurate."""
     if amp is None:
@@ -88,7 +73,7 @@ def _resolve_amp(amp: bool | None, compute: torch.device) -> bool:
 def _accumulation_devices(compute: torch.device, accumulate_on: torch.device | str | None, needed_bytes: int) -> list[torch.device]:
     """Devices to try for the buffers, in order: the GPU when it has room, then the CPU."""
     if accumulate_on not in (None, "auto"):
-        return [_resolve_device(accumulate_on)]
+        return [resolve_device(accumulate_on)]
     if compute.type != "cuda":
         return [CPU]
     free_bytes, _ = torch.cuda.mem_get_info(compute)
@@ -216,7 +201,7 @@ def predict_sliding_window(
         raise VolfnetError(f"patch size {list(patch_size)} must have {SPATIAL_DIMS} entries (Z, Y, X)")
     if num_classes < 1 or tile_batch_size < 1:
         raise VolfnetError(f"num_classes ({num_classes}) and tile_batch_size ({tile_batch_size}) must be at least 1")
-    compute = _resolve_device(device)
+    compute = resolve_device(device)
     use_amp = _resolve_amp(amp, compute)
     combinations = mirror_combinations(mirror_axes, SPATIAL_DIMS)
     padded, crop = pad_to_patch(image.to(torch.float32), patch)

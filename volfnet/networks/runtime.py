@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager
 import torch
 from torch import nn
 
+from volfnet.errors import VolfnetError
+
 CHANNELS_LAST_DEFAULT = {"cpu": False, "cuda": False}  # measured slower on CPU; unmeasured on CUDA
 ARCHITECTURE_BUFFERS = "ARCHITECTURE_BUFFERS"  # class attribute: names of a module's architecture-fixed buffers
 
@@ -101,3 +103,21 @@ def full_resolution_outputs(networks: Sequence[nn.Module], eval_mode: bool = Fal
             if deep_supervision is not None:
                 setattr(net, "deep_supervision", deep_supervision)
             net.train(training)
+
+
+def resolve_device(requested: torch.device | str | None) -> torch.device:
+    """The compute device: CUDA when present unless told otherwise (CPU-only users need no
+    flag), ``cpu`` or ``cuda[:N]`` only, a CUDA device with its index; a clear error for an
+    unknown name or for CUDA on a build that sees no GPU."""
+    try:
+        resolved = torch.device(requested if requested is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    except RuntimeError as error:
+        raise VolfnetError(f"unknown device {requested!r}: {error}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise VolfnetError(f"device must be 'cpu' or 'cuda', got {requested!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VolfnetError(f"device {requested!r} was requested but this torch build sees no CUDA GPU; use --device cpu")
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved

@@ -52,6 +52,7 @@ from volfnet.networks.runtime import (
     prepare_input,
     prepare_model,
 )
+from volfnet.networks.runtime import resolve_device as runtime_resolve_device
 from volfnet.networks.weights import LoadReport
 from volfnet.training import distributed
 from volfnet.training.config import TrainerConfig
@@ -85,21 +86,11 @@ class TrainingResult:
 
 
 def resolve_device(requested: str | torch.device | None, context: distributed.DistContext | None = None) -> torch.device:
-    """``cuda`` when available unless told otherwise; under DDP on CUDA, this rank's GPU."""
-    if requested is None:
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        kind = torch.device(requested).type
-        if kind not in ("cpu", "cuda"):
-            raise VolfnetError(f"device must be 'cpu' or 'cuda', got {requested!r}")
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise VolfnetError("device 'cuda' requested but PyTorch sees no CUDA GPU; use --device cpu")
-    if kind == "cuda":
-        if context is not None and context.is_distributed:
-            return torch.device("cuda", context.local_rank)
-        index = torch.device(requested).index if requested is not None else None
-        return torch.device("cuda", index if index is not None else torch.cuda.current_device())
-    return torch.device("cpu")
+    """:func:`~volfnet.networks.runtime.resolve_device`; under DDP on CUDA, this rank's GPU."""
+    device = runtime_resolve_device(requested)
+    if device.type == "cuda" and context is not None and context.is_distributed:
+        return torch.device("cuda", context.local_rank)
+    return device
 
 
 def run_training(
