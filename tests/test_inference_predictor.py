@@ -28,7 +28,7 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import read_case
 from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, write_model_folder_files
 from volfnet.networks.build import build_network_from_topology
-from volfnet.networks.pctnet import pctnet_topology
+from volfnet.networks.pctnet import published_pctnet_topology
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
 from volfnet.plans import Plans, apply_override
@@ -341,7 +341,7 @@ def test_a_bad_case_does_not_stop_the_others_and_skip_existing_resumes(setup, pr
 
 
 def test_pctnet_model_folder_predicts_with_its_fixed_input_size(setup, tmp_path):
-    topology = pctnet_topology(1, tuple(PATCH), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
+    topology = published_pctnet_topology(1, tuple(PATCH), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
     plans = apply_override(setup.plans, f"{CONFIGURATION}.network={json.dumps(dataclasses.asdict(topology))}")
     configuration = plans.configuration(CONFIGURATION)
     folder = tmp_path / DATASET_NAME / f"pctnet__{CONFIGURATION}"

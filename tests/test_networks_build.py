@@ -11,8 +11,8 @@ import torch
 from volfnet.errors import VolfnetError
 from volfnet.networks import runtime
 from volfnet.networks.build import NETWORK_REGISTRY, build_network, build_network_from_topology
-from volfnet.networks.fmunet import FMUNet, fmunet_topology
-from volfnet.networks.pctnet import PCTNet, pctnet_topology
+from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
+from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.plans import NETWORK_NAMES, ChannelNormalization, ConfigurationPlan, Plans
 
 
@@ -34,7 +34,7 @@ def test_registry_covers_every_plans_network_name():
 
 
 def test_build_network_from_plans():
-    plans = make_plans(fmunet_topology(1, (2, 4, 8, 8, 8)))
+    plans = make_plans(published_fmunet_topology(1, (2, 4, 8, 8, 8)))
     model = build_network(plans, "3d_fullres", 2, 3, deep_supervision=False)
     assert isinstance(model, FMUNet) and model.deep_supervision is False
     assert model.project.weight.shape == (2, 2, 1, 3, 3)
@@ -44,14 +44,14 @@ def test_build_network_from_plans():
 
 
 def test_build_pctnet_from_plans():
-    topology = pctnet_topology(1, (8, 16, 16), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
+    topology = published_pctnet_topology(1, (8, 16, 16), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
     model = build_network(make_plans(topology), "3d_fullres", 2, 4)
     assert isinstance(model, PCTNet) and model.deep_supervision is True
     assert model.input_size == (8, 16, 16) and model.embeddings[1].proj.weight.shape == (4, 2, 1, 3, 3)
 
 
 def test_unknown_network_name_is_a_clear_error():
-    topology = fmunet_topology(0)
+    topology = published_fmunet_topology(0)
     topology.name = "unet"
     with pytest.raises(VolfnetError, match=r"unknown network 'unet'; available: \['fmunet', 'pctnet'\]"):
         build_network_from_topology(topology, 1, 2)
@@ -60,8 +60,8 @@ def test_unknown_network_name_is_a_clear_error():
 @pytest.mark.parametrize(
     "topology, params, output_shapes",
     [
-        (fmunet_topology(0), 47371572, [(2, 5, 64, 128, 128), (2, 5, 32, 64, 64), (2, 5, 16, 32, 32), (2, 5, 8, 16, 16)]),
-        (pctnet_topology(1), 45289554, [(2, 5, 64, 128, 128), (2, 5, 64, 64, 64), (2, 5, 32, 32, 32), (2, 5, 16, 16, 16)]),
+        (published_fmunet_topology(0), 47371572, [(2, 5, 64, 128, 128), (2, 5, 32, 64, 64), (2, 5, 16, 32, 32), (2, 5, 8, 16, 16)]),
+        (published_pctnet_topology(1), 45289554, [(2, 5, 64, 128, 128), (2, 5, 64, 64, 64), (2, 5, 32, 32, 32), (2, 5, 16, 16, 16)]),
     ],
 )
 def test_published_networks_build_and_run_on_the_meta_device(topology, params, output_shapes):
@@ -78,7 +78,7 @@ def test_cpu_runtime_settings_are_plain_fp32_contiguous():
     assert isinstance(runtime.autocast("cpu"), contextlib.nullcontext)
     assert runtime.use_channels_last("cpu") is False and runtime.use_channels_last("cpu", True) is True
     assert runtime.needs_grad_scaler(torch.float16) and not runtime.needs_grad_scaler(torch.bfloat16)
-    model = runtime.prepare_model(FMUNet.from_topology(fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2), "cpu", True)
+    model = runtime.prepare_model(FMUNet.from_topology(published_fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2), "cpu", True)
     assert model.project.weight.is_contiguous(memory_format=torch.channels_last_3d)
     x = runtime.prepare_input(torch.randn(1, 1, 16, 16, 32), "cpu", channels_last=True)
     assert x.is_contiguous(memory_format=torch.channels_last_3d)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from volfnet.errors import VolfnetError
-from volfnet.networks.fmunet import FMUNet, fmunet_topology
+from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
 from volfnet.plans import NetworkTopology
 
 from conftest import SHARED_DATA
@@ -44,7 +44,7 @@ def reference_input(seed: int = 1) -> torch.Tensor:
 
 
 def reference_model(res_mode: int) -> FMUNet:
-    model = FMUNet.from_topology(fmunet_topology(res_mode, REFERENCE_CHANNELS), 1, 5).eval()
+    model = FMUNet.from_topology(published_fmunet_topology(res_mode, REFERENCE_CHANNELS), 1, 5).eval()
     model.load_state_dict(seeded_state(model))
     return model
 
@@ -110,7 +110,7 @@ def _layout(model: torch.nn.Module) -> list[list[object]]:
 def test_published_layout_matches_spec_key_for_key(res_mode, spec):
     reference = _spec(spec)
     with torch.device("meta"):
-        model = FMUNet.from_topology(fmunet_topology(res_mode), 1, 5)
+        model = FMUNet.from_topology(published_fmunet_topology(res_mode), 1, 5)
     assert _layout(model) == reference["keys"]
     assert sum(p.numel() for p in model.parameters()) == reference["num_parameters"] == (47371572, 47220660)[res_mode]
     assert len(list(model.buffers())) == 0
@@ -119,13 +119,13 @@ def test_published_layout_matches_spec_key_for_key(res_mode, spec):
 @pytest.mark.parametrize("res_mode, classes, expected", [(2, 5, 46625076), (0, 2, 47332680)])
 def test_published_parameter_counts(res_mode, classes, expected):
     with torch.device("meta"):
-        model = FMUNet.from_topology(fmunet_topology(res_mode), 1, classes)
+        model = FMUNet.from_topology(published_fmunet_topology(res_mode), 1, classes)
     assert sum(p.numel() for p in model.parameters()) == expected
 
 
 def test_res_mode_2_flattens_levels_0_and_1():
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in FMUNet.from_topology(fmunet_topology(2), 1, 5).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in FMUNet.from_topology(published_fmunet_topology(2), 1, 5).state_dict().items()}
     assert shapes["encoder.down1.down.2.weight"] == (128, 64, 1, 3, 3)
     assert shapes["decoder.de_conv1.conv_list.0.3.weight"] == (64, 64, 1, 3, 3)
     assert shapes["out_layers.1.2.weight"] == (5, 64, 1, 3, 3)
@@ -183,14 +183,14 @@ def test_planner_topologies_build_and_give_expected_shapes(channels, strides, ke
 
 
 def test_sizes_not_divisible_by_the_strides_still_line_up():
-    model = FMUNet.from_topology(fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2)
+    model = FMUNet.from_topology(published_fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2)
     out = model(torch.randn(1, 1, 13, 17, 22))
     assert [tuple(o.shape[2:]) for o in out] == [(13, 17, 22), (7, 9, 11), (4, 5, 6), (2, 3, 3)]
 
 
 def test_he_initialisation_and_dropout_levels():
     torch.manual_seed(0)
-    model = FMUNet.from_topology(fmunet_topology(0, (16, 32, 64, 64, 64)), 1, 5)
+    model = FMUNet.from_topology(published_fmunet_topology(0, (16, 32, 64, 64, 64)), 1, 5)
     weight = model.encoder.en_conv2.conv_list[0][3].weight
     expected_std = math.sqrt(2.0 / (1 + 0.01**2) / weight[0].numel())
     assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
@@ -201,7 +201,7 @@ def test_he_initialisation_and_dropout_levels():
 
 
 def test_dropout_is_active_only_in_training():
-    model = FMUNet.from_topology(fmunet_topology(0, (2, 4, 8, 8, 8), dropout=0.5), 1, 2)
+    model = FMUNet.from_topology(published_fmunet_topology(0, (2, 4, 8, 8, 8), dropout=0.5), 1, 2)
     model.deep_supervision = False
     x = torch.randn(1, 1, 16, 16, 32)
     with torch.no_grad():
@@ -222,13 +222,13 @@ def test_dropout_is_active_only_in_training():
     ],
 )
 def test_bad_topologies_raise_clear_errors(change, message):
-    fields = {**vars(fmunet_topology(0)), **change}
+    fields = {**vars(published_fmunet_topology(0)), **change}
     with pytest.raises(VolfnetError, match=message):
         FMUNet.from_topology(NetworkTopology(**fields), 1, 2)
 
 
 def test_too_small_input_names_the_level_and_the_minimum_size():
-    model = FMUNet.from_topology(fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2)
+    model = FMUNet.from_topology(published_fmunet_topology(0, (2, 4, 8, 8, 8)), 1, 2)
     with pytest.raises(VolfnetError, match=r"\[16, 16, 16\] is too small .* level 4 .* 1 x 1 x 1 .* down-sampling \[16, 16, 16\]"):
         model(torch.randn(1, 1, 16, 16, 16))
     assert model(torch.randn(1, 1, 16, 16, 17))[0].shape == (1, 2, 16, 16, 17)
@@ -236,6 +236,6 @@ def test_too_small_input_names_the_level_and_the_minimum_size():
 
 def test_bad_counts_and_res_mode_raise():
     with pytest.raises(VolfnetError, match="input channels"):
-        FMUNet.from_topology(fmunet_topology(0), 0, 2)
+        FMUNet.from_topology(published_fmunet_topology(0), 0, 2)
     with pytest.raises(VolfnetError, match="res_mode"):
-        fmunet_topology(3)
+        published_fmunet_topology(3)

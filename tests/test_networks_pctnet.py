@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from volfnet.errors import VolfnetError
-from volfnet.networks.pctnet import PCTNet, pctnet_topology
+from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.plans import NetworkTopology
 
 from conftest import SHARED_DATA
@@ -34,11 +34,11 @@ def _layout(model: torch.nn.Module) -> list[list[object]]:
 
 def _published(resolution_mode: int, classes: int = 5, device: str = "meta") -> PCTNet:
     with torch.device(device):
-        return PCTNet.from_topology(pctnet_topology(resolution_mode), 1, classes)
+        return PCTNet.from_topology(published_pctnet_topology(resolution_mode), 1, classes)
 
 
 def _tiny(resolution_mode: int, classes: int = 3) -> PCTNet:
-    topology = pctnet_topology(resolution_mode, TINY_SIZES[resolution_mode], **TINY)
+    topology = published_pctnet_topology(resolution_mode, TINY_SIZES[resolution_mode], **TINY)
     return PCTNet.from_topology(topology, 1, classes)
 
 
@@ -109,7 +109,7 @@ def test_output_shapes_scales_and_only_the_selected_branch_learns(mode):
 
 def test_deep_supervision_toggle_and_batch_of_one():
     size = (8, 32, 32)  # level 4 is 1x2x2: BatchNorm needs more than one value with a batch of 1
-    model = PCTNet.from_topology(pctnet_topology(1, size, **TINY), 1, 3).eval()
+    model = PCTNet.from_topology(published_pctnet_topology(1, size, **TINY), 1, 3).eval()
     x = torch.randn(1, 1, *size)
     with torch.no_grad():
         outputs = model(x)
@@ -142,7 +142,7 @@ def test_bad_configurations_raise(kwargs, message):
 
 
 def test_topology_strides_must_match_the_resolution_mode():
-    fields = vars(pctnet_topology(1, TINY_SIZES[1], **TINY))
+    fields = vars(published_pctnet_topology(1, TINY_SIZES[1], **TINY))
     wrong = NetworkTopology(**{**fields, "strides": [[2, 2, 2]] * 4})
     with pytest.raises(VolfnetError, match=r"resolution_mode 1 implies strides \[\[1, 2, 2\]"):
         PCTNet.from_topology(wrong, 1, 2)

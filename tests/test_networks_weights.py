@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from volfnet.errors import VolfnetError
-from volfnet.networks.fmunet import FMUNet, fmunet_topology
-from volfnet.networks.pctnet import PCTNet, pctnet_topology
+from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
+from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.networks.weights import adapt_input_channels, load_weights, read_state_dict
 
 from conftest import SHARED_DATA
@@ -23,7 +23,7 @@ SMALL = (2, 4, 8, 8, 8)
 
 def small_fmunet(classes: int = 5, in_channels: int = 1, seed: int = 0) -> FMUNet:
     torch.manual_seed(seed)
-    return FMUNet.from_topology(fmunet_topology(0, SMALL), in_channels, classes)
+    return FMUNet.from_topology(published_fmunet_topology(0, SMALL), in_channels, classes)
 
 
 def save_pymic_checkpoint(model: torch.nn.Module, path) -> None:
@@ -79,7 +79,7 @@ def test_different_class_count_skips_only_the_final_convolutions(tmp_path, caplo
 
 
 def test_pctnet_skips_its_seven_heads_only():
-    topology = pctnet_topology(1, (8, 32, 32), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
+    topology = published_pctnet_topology(1, (8, 32, 32), feature_channels=(4, 8, 16, 16, 32), num_heads=(2, 2, 4), window_size=2)
     source = PCTNet.from_topology(topology, 1, 5)
     target = PCTNet.from_topology(topology, 1, 2)
     report = load_weights(target, {"model_state_dict": source.state_dict()})

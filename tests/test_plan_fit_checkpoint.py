@@ -17,8 +17,8 @@ from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.cli.plan_and_preprocess import main
 from volfnet.errors import VolfnetError
 from volfnet.networks.build import build_network, build_network_from_topology
-from volfnet.networks.fmunet import fmunet_topology
-from volfnet.networks.pctnet import pctnet_topology
+from volfnet.networks.fmunet import published_fmunet_topology
+from volfnet.networks.pctnet import published_pctnet_topology
 from volfnet.planning.fit_checkpoint import infer_topology, read_checkpoint_fit
 from volfnet.plans import ChannelNormalization, NetworkTopology, Plans
 from volfnet.training.initial_weights import load_initial_weights
@@ -44,7 +44,7 @@ def plans_of(roots, dataset="Dataset002_Toy") -> Plans:
 
 
 def test_released_fmunet_layout_at_res_mode_1_fixes_the_network(roots, tmp_path, capsys):
-    state = pymic_checkpoint(tmp_path / "fmunet_abk1k_volf.pt", fmunet_topology(1))
+    state = pymic_checkpoint(tmp_path / "fmunet_abk1k_volf.pt", published_fmunet_topology(1))
     if (SPECS / "fmunet_resmode1_keys.json").is_file():  # the real released layout, when the specs are present
         published = json.loads((SPECS / "fmunet_resmode1_keys.json").read_text())["keys"]
         assert [(k, list(v.shape)) for k, v in state.items()] == [(k, s) for k, s, _ in published]
@@ -53,7 +53,7 @@ def test_released_fmunet_layout_at_res_mode_1_fixes_the_network(roots, tmp_path,
     plans = plans_of(roots)
     assert list(plans.configurations) == ["3d_fullres"]  # no cascade: one network to fit
     plan = plans.configuration("3d_fullres")
-    assert plan.network == fmunet_topology(1)
+    assert plan.network == published_fmunet_topology(1)
     assert all(p % d == 0 for p, d in zip(plan.patch_size, [8, 16, 16]))
     assert plan.spacing == [2.0, 1.0, 1.0]  # the dataset's own
     report = json.loads((roots["preprocessed"] / "Dataset002_Toy" / "checkpoint_fit.json").read_text())
@@ -69,20 +69,20 @@ def test_released_fmunet_layout_at_res_mode_1_fixes_the_network(roots, tmp_path,
 
 
 def test_released_pctnet_layout_resolution_mode_from_the_trained_branch(roots, tmp_path):
-    pymic_checkpoint(tmp_path / "pctnet_ct10k_volf.pt", pctnet_topology(2), trained_branch=2)
+    pymic_checkpoint(tmp_path / "pctnet_ct10k_volf.pt", published_pctnet_topology(2), trained_branch=2)
     fit = read_checkpoint_fit(tmp_path / "pctnet_ct10k_volf.pt")
-    assert fit.inferred and fit.topology == pctnet_topology(2) and fit.num_classes == 5
+    assert fit.inferred and fit.topology == published_pctnet_topology(2) and fit.num_classes == 5
     assert any("resolution_mode 2: the only input branch" in note for note in fit.notes)
     # No trained branch: the demo's mode 1 when its network reproduces the shapes; mode 0 clips
     # the deepest Swin window (4^3 tokens at 64x128x128), so a mode-0 file is told apart.
     for mode in (1, 0):
-        pymic_checkpoint(tmp_path / "untrained.pt", pctnet_topology(mode))
+        pymic_checkpoint(tmp_path / "untrained.pt", published_pctnet_topology(mode))
         untrained = read_checkpoint_fit(tmp_path / "untrained.pt")
-        assert untrained.topology == pctnet_topology(mode) and any("no input branch" in note for note in untrained.notes)
+        assert untrained.topology == published_pctnet_topology(mode) and any("no input branch" in note for note in untrained.notes)
     make_raw_dataset(roots["raw"], dataset_id=2, num_cases=2, shape=(16, 20, 20))
     assert main(["-d", "2", "--pretrained", str(tmp_path / "pctnet_ct10k_volf.pt"), "--target", "gpu8", "-np", "1", "--plan-only"]) == 0
     plan = plans_of(roots).configuration("3d_fullres")
-    assert plan.network == pctnet_topology(2) and plan.patch_size == [64, 128, 128]  # its fixed input size
+    assert plan.network == published_pctnet_topology(2) and plan.patch_size == [64, 128, 128]  # its fixed input size
     with pytest.raises(VolfnetError, match="cannot differ"):
         from volfnet.planning.plan_and_preprocess import (
             PlanAndPreprocessRequest,
@@ -142,7 +142,7 @@ def test_checkpoints_that_cannot_fit_are_clear_errors(roots, tmp_path, capsys):
     assert "neither an FMUNet nor a PCT-Net state dict" in capsys.readouterr().err
     assert main(["-d", "2", "--pretrained", str(tmp_path / "other.pt"), "--network", "pctnet"]) == 2
     assert "exclude each other" in capsys.readouterr().err
-    state = pymic_checkpoint(tmp_path / "cut.pt", fmunet_topology(0))
+    state = pymic_checkpoint(tmp_path / "cut.pt", published_fmunet_topology(0))
     state.pop("decoder.de_conv0.conv_list.1.3.weight")
     with pytest.raises(VolfnetError, match="does not reproduce the checkpoint's weights"):
         infer_topology(state, "cut.pt")

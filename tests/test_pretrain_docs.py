@@ -20,7 +20,7 @@ from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.cli.pretrain import build_parser, request_from_args
 from volfnet.cli.train import build_parser as train_parser
 from volfnet.networks.build import build_network
-from volfnet.networks.fmunet import fmunet_topology
+from volfnet.networks.fmunet import published_fmunet_topology
 from volfnet.plans import Plans
 from volfnet.training.initial_weights import load_initial_weights
 from volfnet.training.pretrain import prepare
@@ -45,7 +45,7 @@ def guide_world(roots, tmp_path, monkeypatch):
     for name in ("unlabelled_ct", "more_ct"):
         make_image_folder(tmp_path / "data" / name, count=1)
     monkeypatch.chdir(tmp_path)
-    pymic_checkpoint(tmp_path / "fmunet_abk1k_volf.pt", fmunet_topology(1))
+    pymic_checkpoint(tmp_path / "fmunet_abk1k_volf.pt", published_fmunet_topology(1))
     return roots, tmp_path
 
 
@@ -105,7 +105,7 @@ def check_fine_tuning_fits(roots, checkpoint: Path) -> None:
     plans = Plans.load(roots["preprocessed"] / "Dataset005_Prostate" / "plans.json")
     plan = plans.configuration("3d_fullres")
     if checkpoint.name == "fmunet_abk1k_volf.pt":
-        assert plan.network == fmunet_topology(1)
+        assert plan.network == published_fmunet_topology(1)
         return
     model = build_network(plans, "3d_fullres", 1, 3)
     report = load_initial_weights(model, checkpoint, None)

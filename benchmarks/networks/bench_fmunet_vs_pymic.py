@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pymic_env import PYMIC_VERSION, run_worker  # noqa: E402
-from volfnet.networks.fmunet import FMUNet, fmunet_topology  # noqa: E402
+from volfnet.networks.fmunet import FMUNet, published_fmunet_topology  # noqa: E402
 
 CONFIGS = [  # (name, feature channels, res_mode, input shape)
     ("published w32", (32, 64, 128, 256, 512), 0, (1, 1, 48, 64, 64)),
@@ -75,7 +75,7 @@ def time_volfnet(model: FMUNet, x: torch.Tensor, reps: int, device: torch.device
 
 def run_config(name, channels, res_mode, shape, reps, rounds, device, threads, work: Path) -> dict[str, object]:
     torch.manual_seed(0)
-    model = FMUNet.from_topology(fmunet_topology(res_mode, channels), shape[1], 5).to(device)
+    model = FMUNet.from_topology(published_fmunet_topology(res_mode, channels), shape[1], 5).to(device)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, work / "weights.pt")
     torch.save(x, work / "input.pt")

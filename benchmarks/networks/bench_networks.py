@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from volfnet.networks import runtime  # noqa: E402
 from volfnet.networks.build import build_network_from_topology  # noqa: E402
-from volfnet.networks.fmunet import fmunet_topology  # noqa: E402
-from volfnet.networks.pctnet import pctnet_topology  # noqa: E402
+from volfnet.networks.fmunet import published_fmunet_topology  # noqa: E402
+from volfnet.networks.pctnet import published_pctnet_topology  # noqa: E402
 
 CPU_CONFIGS = [  # (network, width label, channels, batch, patch)
     ("fmunet", "w16", (16, 32, 64, 128, 256), 1, (48, 64, 64)),
@@ -59,9 +59,9 @@ def variants(device: str) -> list[dict[str, object]]:
 
 def topology_for(network: str, channels, patch):
     if network == "fmunet":
-        return fmunet_topology(0, channels)
+        return published_fmunet_topology(0, channels)
     heads = (4, 8, 16) if channels[4] >= 256 else (2, 4, 8)
-    return pctnet_topology(1, patch, channels, num_heads=heads)
+    return published_pctnet_topology(1, patch, channels, num_heads=heads)
 
 
 def _rss_mib() -> float:

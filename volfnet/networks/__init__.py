@@ -5,8 +5,8 @@ Import the submodules directly (``volfnet.networks.build``, ``.weights``, ``.fmu
 """
 
 from volfnet.networks.build import NETWORK_REGISTRY, build_network, build_network_from_topology
-from volfnet.networks.fmunet import FMUNet, fmunet_topology
-from volfnet.networks.pctnet import PCTNet, pctnet_topology
+from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
+from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.networks.weights import LoadReport, load_weights
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "PCTNet",
     "build_network",
     "build_network_from_topology",
-    "fmunet_topology",
+    "published_fmunet_topology",
     "load_weights",
-    "pctnet_topology",
+    "published_pctnet_topology",
 ]

@@ -4,7 +4,7 @@ Every block is pre-activation (instance norm, LeakyReLU, then convolution); down
 strided convolution; up-sampling is a 1x1x1 convolution followed by trilinear interpolation,
 concatenated after the skip; each of up to four decoder levels has a 3x3x3 output head (deep
 supervision). The number of levels, channels, per-level strides and kernels come from the
-plans. With the published 5-level topology (:func:`fmunet_topology`) the module names, shapes
+plans. With the published 5-level topology (:func:`published_fmunet_topology`) the module names, shapes
 and numerics equal PyMIC/MIS-FM ``FMUNet`` (``res_mode`` 0, 1, 2), so their checkpoints load
 unchanged and give the same outputs.
 """
@@ -277,7 +277,7 @@ def _he_init(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def fmunet_topology(
+def published_fmunet_topology(
     res_mode: int = 0,
     feature_channels: Sequence[int] = PUBLISHED_CHANNELS,
     dropout: float | Sequence[float] = PUBLISHED_DROPOUT,

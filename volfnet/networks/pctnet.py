@@ -244,7 +244,7 @@ class PCTNet(nn.Module):
             raise VolfnetError(f"network topology: depth (Swin blocks per PCT block) must be >= 1, got {depth!r}")
         drop = check_dropout(dropout, NUM_LEVELS)
         self.input_size = as_triple(list(input_size), "input_size")
-        divisor = total_downsampling(resolution_mode)
+        divisor = input_divisor(resolution_mode)
         if any(size % div for size, div in zip(self.input_size, divisor)):
             raise VolfnetError(
                 f"network topology: PCT-Net input_size {list(self.input_size)} must be divisible by {divisor} "
@@ -279,7 +279,7 @@ class PCTNet(nn.Module):
             raise VolfnetError(
                 f"network topology: PCT-Net has exactly {NUM_LEVELS} levels, got {topology.num_levels}"
             )
-        expected = pctnet_topology(
+        expected = published_pctnet_topology(
             topology.resolution_mode, topology.input_size, topology.feature_channels, topology.dropout
         )
         strides = [list(s) for s in topology.strides]
@@ -327,13 +327,14 @@ class PCTNet(nn.Module):
         return [(1, 1, 1), s1, s2, s3]  # type: ignore[list-item]
 
 
-def total_downsampling(resolution_mode: int) -> list[int]:
-    """Product of all strides per axis for a resolution mode (input sizes must divide by it)."""
+def input_divisor(resolution_mode: int) -> list[int]:
+    """Product of all strides per axis for a resolution mode: input sizes must divide by it
+    (the plans' topology says the same through ``NetworkTopology.total_downsampling``)."""
     p0, p1 = (pool_size(d) for d in BRANCH_DIMS[resolution_mode])
     return [a * b * 4 for a, b in zip(p0, p1)]
 
 
-def pctnet_topology(
+def published_pctnet_topology(
     resolution_mode: int = 1,
     input_size: Sequence[int] = PUBLISHED_INPUT_SIZE,
     feature_channels: Sequence[int] = PUBLISHED_CHANNELS,

@@ -39,10 +39,10 @@ from volfnet.io.dataset import DatasetJson
 from volfnet.io.files import atomic_write_json
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.fmunet import PUBLISHED_DROPOUT as FMUNET_PUBLISHED_DROPOUT
-from volfnet.networks.fmunet import fmunet_topology as published_fmunet_topology
+from volfnet.networks.fmunet import published_fmunet_topology
 from volfnet.networks.pctnet import PUBLISHED_DROPOUT as PCTNET_PUBLISHED_DROPOUT
 from volfnet.networks.pctnet import PUBLISHED_INPUT_SIZE
-from volfnet.networks.pctnet import pctnet_topology as published_pctnet_topology
+from volfnet.networks.pctnet import published_pctnet_topology
 from volfnet.networks.weights import read_state_dict
 from volfnet.planning.planner import PlannerOptions
 from volfnet.plans import ChannelNormalization, NetworkTopology, Plans

@@ -63,13 +63,6 @@ def fmunet_strides_and_kernels(spacing: list[float], patch_size: list[int]) -> t
     return strides, kernels
 
 
-def total_downsampling(strides: list[list[int]]) -> list[int]:
-    total = [1, 1, 1]
-    for stride in strides:
-        total = [t * s for t, s in zip(total, stride)]
-    return total
-
-
 def round_up_patch(patch_size: list[int], divisor: list[int]) -> list[int]:
     return [int(math.ceil(p / d) * d) for p, d in zip(patch_size, divisor)]
 

@@ -40,8 +40,8 @@ from volfnet.model_folder import (
     pretrain_folder,
     write_model_folder_files,
 )
-from volfnet.networks.fmunet import fmunet_topology as published_fmunet_topology
-from volfnet.networks.pctnet import pctnet_topology as published_pctnet_topology
+from volfnet.networks.fmunet import published_fmunet_topology
+from volfnet.networks.pctnet import published_pctnet_topology
 from volfnet.planning.topology import (
     fmunet_topology,
     pctnet_resolution_mode,
