@@ -29,7 +29,8 @@ import torch
 from volfnet import __version__
 from volfnet.errors import VolfnetError
 from volfnet.io.files import atomic_path
-from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans, _build
+from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
+from volfnet.schema import build_from_json
 
 CHECKPOINT_FORMAT = "volfnet-checkpoint"
 CHECKPOINT_VERSION = 1  # the checksum is an extra key that older readers ignore: no new version
@@ -80,7 +81,7 @@ class CheckpointSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "checkpoint") -> CheckpointSpec:
         try:
-            return _build(cls, data, f"{source}: spec")
+            return build_from_json(cls, data, f"{source}: spec")
         except (TypeError, KeyError, ValueError) as exc:
             raise VolfnetError(f"{source}: malformed spec in checkpoint ({exc})") from exc
 

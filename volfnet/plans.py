@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from volfnet.errors import VolfnetError
+from volfnet.schema import build_from_json
 
 PLANS_VERSION = 1
 
@@ -181,7 +181,7 @@ class Plans:
                 "re-run volfnet_plan_and_preprocess"
             )
         try:
-            return _build(cls, data, source)
+            return build_from_json(cls, data, source)
         except (TypeError, KeyError, ValueError) as exc:
             raise VolfnetError(f"{source}: malformed plans: {exc}") from exc
 
@@ -195,54 +195,6 @@ class Plans:
         from volfnet.io.files import read_json
 
         return cls.from_dict(read_json(path), source=str(path))
-
-
-def _build(kind: Any, value: Any, where: str) -> Any:
-    """Build ``kind`` (a dataclass, list/dict of them, or a plain type) from JSON data.
-
-    Explicit, type-hint driven and strict: unknown fields are an error naming the field, so a
-    typo in a hand-edited plans file does not go unnoticed.
-    """
-    origin = typing.get_origin(kind)
-    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {value!r}")
-        hints = typing.get_type_hints(kind)
-        names = {f.name for f in dataclasses.fields(kind)}
-        unknown = set(value) - names
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
-        return kind(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
-    if origin is list:
-        (item,) = typing.get_args(kind)
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, item = typing.get_args(kind)
-        return {k: _build(item, v, f"{where}.{k}") for k, v in value.items()}
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value is None:
-            return None
-        return _build(args[0], value, where)
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
 
 
 def apply_override(plans: Plans, assignment: str) -> Plans:

@@ -19,7 +19,7 @@ from typing import Any
 from volfnet.data.augmentation import AugmentationConfig
 from volfnet.data.patch_sampler import FOREGROUND_OVERSAMPLING
 from volfnet.errors import VolfnetError
-from volfnet.plans import _build
+from volfnet.schema import build_from_json
 from volfnet.values import is_number
 
 FLOAT32_MAX = 3.4028234663852886e38  # optimisers keep the learning rate in float32
@@ -176,7 +176,7 @@ class TrainerConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "trainer config") -> TrainerConfig:
         """Rebuild from :meth:`to_dict` output (e.g. a checkpoint); unknown keys are an error."""
         try:
-            return _build(cls, data, source)
+            return build_from_json(cls, data, source)
         except (TypeError, ValueError) as exc:
             raise VolfnetError(f"{source}: {exc}") from exc
 
