@@ -49,3 +49,28 @@ def test_one_version_string():
     setup_text = (REPOSITORY / "setup.py").read_text()
     assert "version=VERSION" in setup_text and '__version__ = "' in (REPOSITORY / "volfnet" / "__init__.py").read_text()
     assert f'version="{volfnet.__version__}"' not in setup_text  # read from volfnet/__init__.py, not repeated
+
+
+def test_docstrings_name_modules_and_objects_that_exist():
+    """A dotted ``volfnet.x.y`` in the code's text must import (module) or resolve (attribute):
+    a docstring pointing at a renamed or never-written module misleads every reader."""
+    import re
+
+    missing = []
+    for path in sorted((REPOSITORY / "volfnet").rglob("*.py")):
+        for name in sorted(set(re.findall(r"(?<![\w.])volfnet(?:\.[a-z_0-9]+)+", path.read_text()))):
+            parts = name.split(".")
+            for cut in range(len(parts), 0, -1):
+                try:
+                    target = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                try:
+                    for attribute in parts[cut:]:
+                        target = getattr(target, attribute)
+                except AttributeError:
+                    missing.append(f"{path.relative_to(REPOSITORY)}: {name}")
+                break
+            else:
+                missing.append(f"{path.relative_to(REPOSITORY)}: {name}")
+    assert not missing, missing

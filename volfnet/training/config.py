@@ -37,7 +37,7 @@ class TrainerConfig:
     """Everything the training loop (and the task builders) read. Units: epochs and iterations
     count optimiser steps; ``checkpoint_every`` and ``plot_every`` count epochs.
 
-    The schedule is a function of the global iteration (see :mod:`volfnet.training.schedules`):
+    The schedule is a function of the global iteration (see :func:`volfnet.training.optim.learning_rate`):
     ``poly`` ``lr * (1 - t/T) ** poly_exponent``; ``warmup_poly`` a linear warm-up over
     ``warmup_iterations`` (or ``warmup_fraction`` of all iterations when that is 0), then poly
     over the rest; ``step`` multiplies by ``step_gamma`` every ``step_size`` iterations;
