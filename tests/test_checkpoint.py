@@ -123,3 +123,27 @@ def test_checkpoints_without_a_checksum_still_load(tmp_path):
     torch.save(data, path)
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model_state_dict"]["w"], torch.arange(4.0)) and checkpoint_spec(loaded) == make_spec()
+
+
+def test_fine_tuning_reads_pretrained_weights_through_the_verified_loader(tmp_path):
+    """``volfnet_train --pretrained`` (load_initial_weights) verifies the checksum and the
+    finiteness of the pretrained file like every other load: a damaged file is refused before
+    a single weight is copied into the network."""
+    from training_helpers import tiny_plans
+
+    from volfnet.networks.build import build_network_from_topology
+    from volfnet.training.initial_weights import load_initial_weights
+
+    topology = tiny_plans().configurations["3d_fullres"].network
+    source = build_network_from_topology(topology, 1, 3, deep_supervision=True)
+    path = tmp_path / "pretrained.pt"
+    save_checkpoint(path, {"model_state_dict": source.state_dict()})
+    data = torch.load(path, weights_only=True)
+    key = next(k for k, v in data["model_state_dict"].items() if v.is_floating_point() and v.numel() > 8)
+    data["model_state_dict"][key].view(-1)[3] += 1.0  # a bit flipped on disk, the stored checksum kept
+    torch.save(data, path)
+    model = build_network_from_topology(topology, 1, 3, deep_supervision=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(VolfnetError, match=f"{path}: corrupt checkpoint"):
+        load_initial_weights(model, path)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

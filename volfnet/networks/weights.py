@@ -56,14 +56,16 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_state_dict(source: Path | str | Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
+def read_state_dict(source: Path | str | Mapping[str, Any], name: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """The model state dict in a checkpoint file or dict, with wrapper prefixes removed.
 
     Accepts a volfnet/PyMIC/MIS-FM checkpoint (``{'model_state_dict': ...}``), a dict with
-    ``state_dict``, or a bare state dict. Returns it with a description of the source.
+    ``state_dict``, or a bare state dict. Returns it with a description of the source (``name``
+    for a dict, e.g. the file it was loaded from). Callers above this layer load files with
+    :func:`volfnet.checkpoint.load_checkpoint`, which also verifies checksums and finiteness.
     """
     if isinstance(source, Mapping):
-        name = "the given state dict"
+        name = name or "the given state dict"
         content: Any = source
     else:
         path = Path(source)
@@ -123,7 +125,7 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
 
 
 def load_weights(
-    model: nn.Module, source: Path | str | Mapping[str, Any], encoder_only: bool = False
+    model: nn.Module, source: Path | str | Mapping[str, Any], encoder_only: bool = False, name: str | None = None
 ) -> LoadReport:
     """Copy matching tensors from ``source`` into ``model`` and report what happened.
 
@@ -132,7 +134,7 @@ def load_weights(
     count differs is adapted (:func:`adapt_input_channels`) with a warning. A source that
     matches nothing is an error: it is a checkpoint of another network.
     """
-    state, name = read_state_dict(source)
+    state, name = read_state_dict(source, name)
     target = model.state_dict()
     encoder_prefixes = tuple(getattr(model, "encoder_key_prefixes", ()))
     if encoder_only and not encoder_prefixes:

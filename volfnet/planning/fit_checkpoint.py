@@ -224,7 +224,7 @@ def read_checkpoint_fit(path: Path) -> CheckpointFit:
     if spec is not None:
         notes = [f"volfnet {spec.kind} checkpoint of {spec.dataset_name or 'an unnamed dataset'} ({spec.configuration}): topology from its spec"]
         return CheckpointFit(path, spec.network, spec.num_input_channels, spec.num_classes, spec, notes)
-    state, _ = read_state_dict(checkpoint)
+    state, _ = read_state_dict(checkpoint, str(path))
     topology, in_channels, num_classes, notes = infer_topology(state, str(path))
     return CheckpointFit(path, topology, in_channels, num_classes, None, ["no volfnet spec (PyMIC/MIS-FM layout): topology inferred", *notes])
 

@@ -57,8 +57,9 @@ def load_initial_weights(
     with the right shape (foreign checkpoints: PyMIC/MIS-FM ``model_state_dict`` files).
     """
     path = Path(path)
+    checkpoint = load_checkpoint(path)  # read once, its checksum and finiteness verified
     if expected is not None:
-        spec = checkpoint_spec(load_checkpoint(path), str(path))
+        spec = checkpoint_spec(checkpoint, str(path))
         if spec is not None:
             differences = topology_differences(spec, expected)
             if differences:
@@ -66,7 +67,7 @@ def load_initial_weights(
                     f"{path}: the pretrained network does not match the plans ({'; '.join(differences)}). "
                     + REPLAN_HINT.format(path=path)
                 )
-    report = load_weights(model, path, encoder_only=encoder_only)
+    report = load_weights(model, checkpoint, encoder_only=encoder_only, name=str(path))
     prefixes = tuple(getattr(model, "encoder_key_prefixes", ()))
     encoder_keys = [key for key in model.state_dict() if key.startswith(prefixes)] if prefixes else []
     missing_encoder = [key for key in report.missing if key.startswith(prefixes)] if prefixes else []
