@@ -21,7 +21,8 @@ Stages, each a console command run as a user would type it (printed, timed, logg
    ``--iterations-all`` for all cases); ``VARIANTS`` says which pretraining a run starts
    from and with which recipe and flags (``scratchadam``: MIS-FM's Adam recipe from scratch,
    ``volfbox24adam``: the fine-tuning preset, ``volfbox24``: the SGD preset before it,
-   ``volfbox24staged``: frozen then ramped encoder); ``--runs`` picks runs and
+   ``volfbox24staged``: frozen then ramped encoder, ``volfbox24adamlr``: a tenth of the rate
+   for the encoder, ``volfbox24adamenc``: encoder weights only); ``--runs`` picks runs and
    their order, and the run folders carry the budget in their tag (``10_volf_400it``) so
    budgets sit side by side; ``--train-seeds`` trains each run once per trainer seed (tag
    suffix ``_s1`` for seeds other than the default), and the report adds the mean and spread
