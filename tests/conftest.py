@@ -17,6 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; the GPU check runs them)")
+    config.addinivalue_line("markers", "slow: end to end through several commands; `pytest -m 'not slow'` is the quick inner loop (CI runs all)")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from conftest import make_raw_dataset
@@ -48,6 +49,7 @@ def _plans_without_2d(roots):
     return Planner(fingerprint, raw.dataset_json, raw.name, PlannerOptions(compute_target="cpu", plan_2d=False)).plan()
 
 
+@pytest.mark.slow
 def test_2d_pretraining_fine_tuning_and_whole_volume_prediction(roots, tmp_path):
     torch.set_num_threads(1)
     folder = make_raw_dataset(roots["raw"], dataset_id=1, num_cases=8, shape=(20, 24, 28), num_labels=1, seed=7)

@@ -40,6 +40,7 @@ def test_ruff_finds_nothing():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_mypy_finds_nothing():
     run = _tool("mypy")  # files and settings: [tool.mypy] in pyproject.toml
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -15,6 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reliability" / "k
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc (Linux)")
+@pytest.mark.slow
 def test_preprocessing_survives_repeated_kill_9(tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--commands", "plan", "--kills", "3", "--work", str(tmp_path / "work")],
                          capture_output=True, text=True, timeout=600)

@@ -145,6 +145,7 @@ def test_integrity_accepts_the_ignore_value_and_nothing_above_it(roots):
         check_dataset_integrity(RawDataset.open(1, roots["raw"]))
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_mostly_ignored_labels_learns_the_annotated_part(roots, tmp_path):
     torch.set_num_threads(1)
     _, outside = _sparse_dataset(roots["raw"])

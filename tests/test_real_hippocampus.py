@@ -14,6 +14,7 @@ HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 pytestmark = pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data not found at {HIPPOCAMPUS}")
 
 
+@pytest.mark.slow
 def test_hippocampus_subset_end_to_end(roots):
     folder = convert_msd_dataset(HIPPOCAMPUS, roots["raw"], case_limit=24)
     result = plan_and_preprocess(PlanAndPreprocessRequest("4", PlannerOptions(compute_target="cpu"), num_workers=2, progress=False))

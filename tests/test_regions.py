@@ -141,6 +141,7 @@ def _region_dataset(raw_root, dataset_id: int = 1):
     return outside
 
 
+@pytest.mark.slow
 def test_region_training_prediction_and_evaluation_end_to_end(roots, tmp_path):
     torch.set_num_threads(1)
     outside = _region_dataset(roots["raw"])
