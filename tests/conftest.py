@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -18,6 +19,16 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; the GPU check runs them)")
     config.addinivalue_line("markers", "slow: end to end through several commands; `pytest -m 'not slow'` is the quick inner loop (CI runs all)")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine, OpenMP threads fighting for cores make
+    tiny convolutions up to 50x slower. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from training_helpers import plan_tiny_dataset
 
 from volfnet.cli.plan_and_preprocess import main as plan_main
@@ -21,12 +20,7 @@ from volfnet.io.files import atomic_save_npy, atomic_write_json, load_npy, npy_p
 CASES = "3d_fullres"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cache(roots) -> Path:

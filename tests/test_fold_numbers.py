@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from training_helpers import plan_tiny_dataset
 
 from volfnet.cli.predict import main as predict_main
@@ -25,12 +24,7 @@ TINY = [
 NUM_FOLDS = 10
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions on a busy 2-core machine: threads only fight
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_fold_7_of_a_10_fold_splits_file_trains_and_predicts(roots, capsys):

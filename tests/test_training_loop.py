@@ -23,14 +23,7 @@ from volfnet.training.loop import run_training, validate_checkpoint
 from volfnet.training.progress import LOG_FILE, LOG_JSON
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, OpenMP threads fighting for cores make
-    tiny convolutions 50x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_tiny_run_learns_and_writes_its_outputs(tmp_path):

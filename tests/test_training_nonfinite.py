@@ -24,12 +24,7 @@ from volfnet.training.optim import build_optimizer
 KINDS = ("latest", "best", "final")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions on a busy 2-core machine: threads only fight
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class NaNDataTask(PatchOnlyTask):
