@@ -127,6 +127,11 @@ def nifti_damage(path: Path) -> str | None:
     compressed, layout = _read_layout(path)
     if not isinstance(layout, _NiftiLayout):
         return layout
+    return _damage_from_layout(path, compressed, layout)
+
+
+def _damage_from_layout(path: Path, compressed: bool, layout: _NiftiLayout) -> str | None:
+    """:func:`nifti_damage` once the header is parsed."""
     if compressed and _gzip_trailer_size(path) == layout.data_end % (1 << 32):
         return None
     data, ended_early = _gzip_contents(path) if compressed else (None, False)
@@ -146,7 +151,7 @@ def nifti_problems(path: Path) -> tuple[str | None, str | None]:
     if not isinstance(layout, _NiftiLayout):
         return layout, None
     if layout.float_dtype is None:
-        return nifti_damage(path), None
+        return _damage_from_layout(path, compressed, layout), None  # integer voxels cannot be NaN
     data, ended_early = _gzip_contents(path) if compressed else (None, False)
     damage = _truncation(path, compressed, layout, data, ended_early)
     if damage:
