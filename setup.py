@@ -54,6 +54,7 @@ setup(
             "volfnet_export_model=volfnet.cli.export_model:main",
             "volfnet_install_model=volfnet.cli.install_model:main",
             "volfnet_cv_summary=volfnet.cli.cv_summary:main",
+            "volfnet_find_best_configuration=volfnet.cli.find_best_configuration:main",
         ]
     },
 )

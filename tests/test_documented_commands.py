@@ -30,6 +30,7 @@ MODULES = {
     "volfnet_export_model": "export_model",
     "volfnet_install_model": "install_model",
     "volfnet_cv_summary": "cv_summary",
+    "volfnet_find_best_configuration": "find_best_configuration",
 }
 
 

@@ -29,6 +29,7 @@ def test_finetune_and_pretraining_presets():
     finetune = finetune_defaults()  # MIS-FM's recipe, chosen on the Hippocampus validation split
     assert (finetune.optimizer, finetune.lr, finetune.weight_decay, finetune.schedule, finetune.poly_exponent) == ("adam", 1e-3, 1e-5, "poly", 0.8)
     assert (finetune.warmup_steps(), finetune.grad_clip, finetune.deep_supervision) == (0, None, False)
+    assert (finetune.pretrained_weights, supervised_defaults().pretrained_weights) == ("encoder", "all")
     assert finetune.total_iterations() == supervised_defaults().total_iterations()
     pretrain = pretraining_defaults()
     assert (pretrain.optimizer, pretrain.lr, pretrain.weight_decay, pretrain.schedule) == ("adam", 1e-3, 1e-5, "step")
@@ -61,6 +62,7 @@ def test_overrides_parse_json_and_bare_words():
         ("augmentation.rotation_p=2", "probability"),
         ("schedule=warmup_poly", "warmup_poly' needs warmup_iterations"),
         ("class_weights=[0, 0]", "class_weights"),
+        ("pretrained_weights=decoder", "pretrained_weights must be one of ['all', 'encoder']"),
     ],
 )
 def test_bad_overrides_are_clear_errors(assignment, message):
@@ -78,6 +80,8 @@ def test_config_round_trips_through_a_dict_and_rejects_unknown_keys():
     assert TrainerConfig.from_dict(config.to_dict()) == config
     with pytest.raises(VolfnetError, match="unknown field"):
         TrainerConfig.from_dict({**config.to_dict(), "bogus": 1})
+    older = {key: value for key, value in config.to_dict().items() if key != "pretrained_weights"}
+    assert TrainerConfig.from_dict(older).pretrained_weights == "all"  # checkpoints from before the setting existed
 
 
 def test_poly_schedule_at_known_iterations():

@@ -27,6 +27,7 @@ from pathlib import Path
 from volfnet import paths
 from volfnet.errors import VolfnetError
 from volfnet.io.dataset import DatasetJson
+from volfnet.io.files import atomic_write_text
 from volfnet.plans import Plans
 
 PLANS_FILE = "plans.json"
@@ -57,6 +58,17 @@ def parse_fold(value: str | int) -> Fold:
     if fold < 0:
         raise VolfnetError(f"fold {fold} is out of range: folds are numbered from 0 (or '{ALL_FOLDS}')")
     return fold
+
+
+def parse_cross_validation_folds(values: list[str] | None) -> list[int] | None:
+    """Fold numbers of a cross-validation (``-f 0 1 2``); ``all`` is no cross-validation fold
+    (it validates on its own training cases)."""
+    if values is None:
+        return None
+    folds = [parse_fold(value) for value in values]
+    if ALL_FOLDS in folds:
+        raise VolfnetError(f"fold '{ALL_FOLDS}' has no held-out validation cases: a cross-validation takes numbered folds (0, 1, ...)")
+    return [int(fold) for fold in folds]
 
 
 def check_tag(tag: str) -> None:
@@ -150,11 +162,7 @@ class ModelFolder:
 def write_model_folder_files(folder: Path, plans: Plans, dataset_json_file: Path) -> None:
     """Write ``plans.json`` and copy ``dataset.json`` into a model folder (atomically), so the
     folder describes itself. Called by training and pretraining before the first iteration."""
-    from volfnet.io.files import atomic_path
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     plans.save(folder / PLANS_FILE)
-    text = Path(dataset_json_file).read_text()
-    with atomic_path(folder / DATASET_FILE) as tmp:
-        tmp.write_text(text)
+    atomic_write_text(folder / DATASET_FILE, Path(dataset_json_file).read_text())

@@ -78,23 +78,29 @@ PRETRAININGS = {
 # decoder and head settle, then ramped up over the next). Scratch variants without flags use
 # volfnet_train's from-scratch preset, nnU-Net's SGD recipe.
 MISFM = ["--set", "recipe=misfm"]
+# Which pretrained weights load: every one that fits (the preset until issue 15's levers were
+# measured) or the encoder alone (the preset since).
+ALL_WEIGHTS = ["--set", "pretrained_weights=all"]
+ENCODER_ONLY = ["--set", "pretrained_weights=encoder"]
 # The fine-tuning preset before issue 15 (nnU-Net's SGD, lr 1e-2, 5% warm-up, then poly 0.9).
-SGD_FINETUNE = ["--set", "recipe=nnunet", "--set", "schedule=warmup_poly", "--set", "warmup_fraction=0.05"]
-STAGED = [*MISFM, "--set", "encoder_frozen_iterations=100", "--set", "encoder_warmup_iterations=100"]
+SGD_FINETUNE = ["--set", "recipe=nnunet", "--set", "schedule=warmup_poly", "--set", "warmup_fraction=0.05", *ALL_WEIGHTS]
+STAGED = [*MISFM, *ALL_WEIGHTS, "--set", "encoder_frozen_iterations=100", "--set", "encoder_warmup_iterations=100"]
 # A tenth of the learning rate for the pretrained encoder throughout (decoder and head at 1e-3).
-ENCODER_LR = [*MISFM, "--set", "encoder_lr_scale=0.1"]
+ENCODER_LR = [*MISFM, *ALL_WEIGHTS, "--set", "encoder_lr_scale=0.1"]
 # Variants: (pretraining or None for scratch, extra volfnet_train flags, description). Names
 # carry no underscore (run names are BUDGET_VARIANT).
 VARIANTS = {
     "scratch": (None, [], "scratch (SGD 1e-2)"),
     "scratchadam": (None, MISFM, "scratch (Adam 1e-3)"),
     "volf": ("grid", SGD_FINETUNE, "VolF grid (SGD)"),
-    "volfenc": ("grid", [*SGD_FINETUNE, "--encoder-only"], "VolF grid, encoder only (SGD)"),
+    "volfenc": ("grid", [*SGD_FINETUNE, *ENCODER_ONLY], "VolF grid, encoder only (SGD)"),
+    "volfadamenc": ("grid", [*MISFM, *ENCODER_ONLY], "VolF grid, encoder only (Adam 1e-3)"),
     "volfbox": ("box", SGD_FINETUNE, "VolF box (SGD)"),
-    "volfboxadam": ("box", MISFM, "VolF box (Adam 1e-3)"),
+    "volfboxadam": ("box", [*MISFM, *ALL_WEIGHTS], "VolF box (Adam 1e-3)"),
+    "volfboxadamenc": ("box", [*MISFM, *ENCODER_ONLY], "VolF box, encoder only (Adam 1e-3)"),
     "volfbox24": ("box24", SGD_FINETUNE, "VolF box24 (SGD)"),
-    "volfbox24adam": ("box24", MISFM, "VolF box24 (Adam 1e-3)"),
-    "volfbox24adamenc": ("box24", [*MISFM, "--encoder-only"], "VolF box24, encoder only (Adam 1e-3)"),
+    "volfbox24adam": ("box24", [*MISFM, *ALL_WEIGHTS], "VolF box24 (Adam 1e-3)"),
+    "volfbox24adamenc": ("box24", [*MISFM, *ENCODER_ONLY], "VolF box24, encoder only (Adam 1e-3)"),
     "volfbox24staged": ("box24", STAGED, "VolF box24 (Adam 1e-3, staged)"),
     "volfbox24adamlr": ("box24", ENCODER_LR, "VolF box24 (Adam 1e-3, encoder lr x0.1)"),
 }

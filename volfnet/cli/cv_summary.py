@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from volfnet.cli._common import run_cli
 from volfnet.cli.evaluate import print_summary_table
 from volfnet.inference.locate import locate_model_folder
-from volfnet.model_folder import parse_fold
+from volfnet.model_folder import parse_cross_validation_folds
 from volfnet.model_selection.cross_validation import pool_cross_validation
 from volfnet.parallel import default_num_workers
 
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         folder = locate_model_folder(args.dataset, args.configuration, args.network, args.tag)
-        folds = None if args.folds is None else [int(parse_fold(f)) for f in args.folds]
+        folds = parse_cross_validation_folds(args.folds)
         result = pool_cross_validation(folder, folds, args.num_workers)
         print(f"cross-validation of folds {result.folds}: {result.summary['num_cases']} case(s)")
         if result.missing_folds:

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from volfnet.cli._common import run_cli
+from volfnet.evaluation.postprocessing import load_postprocessing
 from volfnet.inference.locate import locate_model_folder
 from volfnet.inference.predictor import Predictor
 from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION
 
 CHECKPOINT_CHOICES = ("final", "best")
+NO_POSTPROCESSING = "none"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sliding-window step as a fraction of the patch (default: %(default)s)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (up to 8x faster)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with the class probabilities")
+    parser.add_argument(
+        "--postprocessing", default=None, metavar="JSON|none",
+        help="the postprocessing.json to apply (e.g. the one volfnet_find_best_configuration decided), or 'none'; "
+        "default: the model folder's postprocessing.json when it has one",
+    )
     parser.add_argument("--continue", dest="skip_existing", action="store_true",
                         help="skip cases whose outputs exist (resume an interrupted run)")
     parser.add_argument("--part", type=int, default=0,
@@ -65,9 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> None:
         folder = args.model_folder or locate_model_folder(args.dataset, args.configuration, args.network)
+        options = {}
+        if args.postprocessing is not None:  # else the model folder's own decision, when it has one
+            options["postprocessing"] = None if args.postprocessing == NO_POSTPROCESSING else load_postprocessing(Path(args.postprocessing))
         predictor = Predictor.from_model_folder(
             folder, folds=args.folds, checkpoint=args.checkpoint, device=args.device, step_fraction=args.step,
-            use_mirroring=not args.disable_tta, num_workers=args.num_workers,
+            use_mirroring=not args.disable_tta, num_workers=args.num_workers, **options,
         )
         summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing, args.part, args.num_parts)
         skipped = f", {len(summary.skipped)} skipped (already there)" if summary.skipped else ""

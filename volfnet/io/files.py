@@ -78,9 +78,13 @@ def _to_jsonable(value: Any) -> Any:
 def atomic_write_json(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write ``data`` as JSON, atomically; indented for people by default, compact
     (``indent=None``, several times faster to write) for machine-sized files."""
-    text = json.dumps(data, indent=indent, default=_to_jsonable)
+    atomic_write_text(path, json.dumps(data, indent=indent, default=_to_jsonable) + "\n")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees the old file or the whole new one)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n")
+        tmp.write_text(text)
 
 
 def read_json(path: Path) -> Any:

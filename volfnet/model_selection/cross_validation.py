@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +63,46 @@ def _validated_cases(folder: Path, ending: str) -> list[str]:
     return [Path(case["prediction"]).name[: -len(ending)] for case in summary.get("per_case", [])]
 
 
+def raw_labels_folder(dataset_name: str) -> Path:
+    """``labelsTr`` of the dataset's raw folder: the references of every validation case."""
+    return find_dataset_folder(dataset_name, paths.raw_root()) / "labelsTr"
+
+
+@contextmanager
+def reference_folder(dataset_name: str, cases: list[str], ending: str) -> Iterator[Path]:
+    """A temporary folder holding (links to) the raw labels of ``cases`` only, so that a
+    folder of validation predictions is scored against exactly its own cases."""
+    labels_folder = raw_labels_folder(dataset_name)
+    with tempfile.TemporaryDirectory(prefix="volfnet_crossval_") as scratch:
+        references = Path(scratch)
+        for case in cases:
+            source = labels_folder / f"{case}{ending}"
+            if not source.is_file():
+                raise VolfnetError(f"{source}: reference label of validation case {case} not found")
+            link_or_copy(source, references / source.name)
+        yield references
+
+
+def score_against_labels(
+    folder: Path, cases: list[str], dataset_name: str, dataset_json: DatasetJson, num_workers: int = 1, extra: dict | None = None
+) -> dict:
+    """Score the label maps of ``cases`` in ``folder`` against the raw labels (with the
+    dataset's ignore label and regions) and write ``summary.json``/``summary.csv`` there;
+    ``extra`` entries are added to the summary."""
+    with reference_folder(dataset_name, cases, dataset_json.file_ending) as references:
+        summary = evaluate_folder(
+            references, folder, dataset_json.labels, file_ending=dataset_json.file_ending, num_workers=num_workers,
+            output_folder=folder, ignore_label=dataset_json.ignore_label, regions=dataset_json.regions or None,
+        )
+    labels_folder = raw_labels_folder(dataset_name)  # the summary names the lasting files, not the temporary links
+    summary["reference_folder"] = str(labels_folder)
+    for case in summary["per_case"]:
+        case["reference"] = str(labels_folder / Path(case["reference"]).name)
+    summary.update(extra or {})
+    write_summary(summary, folder)
+    return summary
+
+
 def pool_cross_validation(model_folder: Path, folds: list[int] | None = None, num_workers: int = 1) -> CrossValidation:
     """Link every validated fold's predictions into ``<model>/crossval_results_folds_<k_...>``
     and score them together against the raw labels. Folds of ``splits.json`` without a final
@@ -94,23 +136,8 @@ def pool_cross_validation(model_folder: Path, folds: list[int] | None = None, nu
             probabilities = validation / f"{case}{PROBABILITIES_ENDING}"
             if probabilities.is_file():
                 link_or_copy(probabilities, output / probabilities.name)
-    labels_folder = find_dataset_folder(plans.dataset_name, paths.raw_root()) / "labelsTr"
-    with tempfile.TemporaryDirectory(prefix="volfnet_crossval_") as scratch:
-        references = Path(scratch)
-        for case in cases:
-            source = labels_folder / f"{case}{ending}"
-            if not source.is_file():
-                raise VolfnetError(f"{source}: reference label of validation case {case} not found")
-            link_or_copy(source, references / source.name)
-        summary = evaluate_folder(
-            references, output, dataset_json.labels, file_ending=ending, num_workers=num_workers, output_folder=output,
-            ignore_label=dataset_json.ignore_label, regions=dataset_json.regions or None,
-        )
-    summary["reference_folder"] = str(labels_folder)
-    summary["folds"] = done
-    summary["missing_folds"] = missing
-    for case in summary["per_case"]:
-        case["reference"] = str(labels_folder / Path(case["reference"]).name)
-    write_summary(summary, output)
+    summary = score_against_labels(
+        output, list(cases), plans.dataset_name, dataset_json, num_workers, extra={"folds": done, "missing_folds": missing}
+    )
     logger.info("cross-validation of folds %s (%d cases): %s", done, len(cases), output / "summary.json")
     return CrossValidation(output, done, missing, summary)

@@ -100,20 +100,19 @@ def run_training(
     resume: bool = False,
     device: str | None = None,
     pretrained: Path | None = None,
-    encoder_only: bool = False,
 ) -> TrainingResult:
     """Train ``task`` into ``run_folder`` and return the result (on every rank).
 
     ``resume`` continues from ``checkpoint_latest.pt`` (an error when there is none).
     ``pretrained`` initialises the network from a checkpoint (ignored when resuming: the
-    weights are in the checkpoint already); ``encoder_only`` loads only its encoder.
+    weights are in the checkpoint already), loading what ``config.pretrained_weights`` names.
     Under torchrun (or :func:`volfnet.training.distributed.launch`) every process calls this.
     """
     kind = resolve_device(device).type
     context, joined = distributed.setup(kind)
     try:
         trainer = _Trainer(task, config, Path(run_folder), resolve_device(device, context), context)
-        return trainer.run(resume, pretrained, encoder_only)
+        return trainer.run(resume, pretrained)
     finally:
         if joined:
             distributed.shutdown()
@@ -161,7 +160,7 @@ class _Trainer:
         self.nonfinite_total = 0
 
     # ----------------------------------------------------------------- set-up
-    def _build(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> tuple[dict[str, Any] | None, LoadReport | None]:
+    def _build(self, resume: bool, pretrained: Path | None) -> tuple[dict[str, Any] | None, LoadReport | None]:
         torch.manual_seed(self.config.seed)  # the same initial weights on every rank and every rerun
         self.model = self.task.build_network()
         if self.context.is_distributed:  # the same weights everywhere, but each rank its own dropout masks
@@ -178,7 +177,9 @@ class _Trainer:
             if pretrained is not None:
                 logger.info("resuming: the pretrained weights are part of the checkpoint; %s is not loaded again", pretrained)
         elif pretrained is not None:
-            report = load_initial_weights(self.model, Path(pretrained), self.task.spec(), encoder_only)
+            report = load_initial_weights(
+                self.model, Path(pretrained), self.task.spec(), encoder_only=self.config.pretrained_weights == "encoder"
+            )
         prepare_model(self.model, self.device, self.config.channels_last)
         self.optimizer = build_optimizer(parameter_groups(self.model, self.config), self.config)
         self.schedule = LRSchedule(self.optimizer, self.config)
@@ -373,10 +374,10 @@ class _Trainer:
         return path
 
     # ------------------------------------------------------------------- loop
-    def run(self, resume: bool, pretrained: Path | None, encoder_only: bool) -> TrainingResult:
+    def run(self, resume: bool, pretrained: Path | None) -> TrainingResult:
         writer = ProgressWriter(self.run_folder) if self.context.is_main else None  # first: log.txt sees the set-up too
         try:
-            checkpoint, report = self._build(resume, pretrained, encoder_only)
+            checkpoint, report = self._build(resume, pretrained)
             logger.info(
                 "training %s: %d epochs x %d iterations on %s%s, %s lr %.3g (%s)",
                 self.task.kind, self.config.num_epochs, self.config.iterations_per_epoch, self.device,

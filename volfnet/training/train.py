@@ -58,7 +58,7 @@ class TrainRequest:
     fold: str | int
     network: str | None = None
     pretrained: str | Path | None = None
-    encoder_only: bool = False
+    encoder_only: bool = False  # shorthand for --set pretrained_weights=encoder (the fine-tuning preset's choice)
     resume: bool = False
     validation_only: bool = False
     device: str | None = None
@@ -168,7 +168,8 @@ def trainer_config(request: TrainRequest, run_folder: Path, pretrained: bool) ->
         base = TrainerConfig.from_dict(stored, f"{latest}: trainer_config") if stored else supervised_defaults()
     else:
         base = finetune_defaults() if pretrained else supervised_defaults()
-    return apply_trainer_overrides(base, list(request.overrides))
+    config = apply_trainer_overrides(base, list(request.overrides))
+    return config.replaced(pretrained_weights="encoder") if request.encoder_only else config
 
 
 def train(request: TrainRequest) -> TrainingResult | None:
@@ -197,7 +198,7 @@ def train(request: TrainRequest) -> TrainingResult | None:
 def _run(prepared: PreparedTraining, request: TrainRequest) -> TrainingResult:
     return run_training(
         prepared.task(), prepared.config, prepared.run_folder, resume=request.resume, device=request.device,
-        pretrained=prepared.pretrained, encoder_only=request.encoder_only,
+        pretrained=prepared.pretrained,
     )
 
 
