@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.io.files import atomic_write_json
-from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder
+from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder, snapshot_path
 from volfnet.preprocessing.case_store import list_preprocessed_cases
 from volfnet.training.config import DEFAULT_SEED
 
@@ -71,7 +71,11 @@ PRETRAININGS = {
     "grid": ("", [], None),
     "box": ("box", ["--set", "volf.fusion_mode=box"], None),
     "box24": ("box24", ["--set", "volf.fusion_mode=box", "--set", "volf.patch_size=[24,32,24]"], 12000),
+    # grid fusion (one image) on the same crops and budget as box24, keeping a snapshot every
+    # 3 epochs (3000 iterations) for the snapshot probe below
+    "grid24": ("grid24", ["--set", "volf.patch_size=[24,32,24]", "--set", "snapshot_every=3"], 12000),
 }
+SNAPSHOT_SEPARATOR = "@"  # "grid24@3000": that pretraining's snapshot after 3000 iterations
 # Recipes, spelled out so that a variant means the same whatever volfnet_train's presets are:
 # MIS-FM's Adam recipe (the fine-tuning preset since issue 15), the SGD fine-tuning preset
 # before it, and staged fine-tuning on top of Adam (encoder frozen for the first epoch while
@@ -101,9 +105,17 @@ VARIANTS = {
     "volfbox24": ("box24", SGD_FINETUNE, "VolF box24 (SGD)"),
     "volfbox24adam": ("box24", [*MISFM, *ALL_WEIGHTS], "VolF box24 (Adam 1e-3)"),
     "volfbox24adamenc": ("box24", [*MISFM, *ENCODER_ONLY], "VolF box24, encoder only (Adam 1e-3)"),
+    "volfgrid24enc": ("grid24", [*MISFM, *ENCODER_ONLY], "VolF grid24, encoder only (Adam 1e-3)"),
     "volfbox24staged": ("box24", STAGED, "VolF box24 (Adam 1e-3, staged)"),
     "volfbox24adamlr": ("box24", ENCODER_LR, "VolF box24 (Adam 1e-3, encoder lr x0.1)"),
 }
+# The snapshot probe: fine-tune from each kept pretraining snapshot (short budget, validation
+# split) and keep the best, instead of assuming the last is.
+PROBED_SNAPSHOTS = (3000, 6000, 9000)
+for _iteration in PROBED_SNAPSHOTS:
+    VARIANTS[f"volfgrid24it{_iteration}enc"] = (
+        f"grid24{SNAPSHOT_SEPARATOR}{_iteration}", [*MISFM, *ENCODER_ONLY], f"VolF grid24 after {_iteration} iterations, encoder only (Adam 1e-3)"
+    )
 RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
 DEFAULT_RUNS = ["small_scratch", "small_scratchadam", "small_volfbox24adam", "all_scratch", "all_volfbox24adam"]
 TARGET_DICE = 0.80  # "reaches 0.80 validation Dice in at most half the iterations scratch needs"
@@ -249,13 +261,15 @@ def main() -> None:
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     pretrained = {}
     needed = dict.fromkeys(VARIANTS[run.split("_")[1]][0] for run in args.runs)
-    for name in [name for name in needed if name is not None]:  # only the pretrainings some run needs
+    for source in [source for source in needed if source is not None]:  # only the pretrainings some run needs
+        name, _, snapshot = source.partition(SNAPSHOT_SEPARATOR)
         tag, settings, iterations = PRETRAININGS[name]
-        pretrained[name] = checkpoint_path(pretrain_folder(model_folder_path(DATASET, network, CONFIGURATION, results, tag)), "final")
+        folder = pretrain_folder(model_folder_path(DATASET, network, CONFIGURATION, results, tag))
+        pretrained[source] = snapshot_path(folder, int(snapshot)) if snapshot else checkpoint_path(folder, "final")
         runner.run("pretrain" + (f" {tag}" if tag else ""),
                    ["volfnet_pretrain", "-d", "4", "--iterations", str(iterations or args.pretrain_iterations), "--device", args.device,
                     *(["--tag", tag] if tag else []), "--set", f"num_workers={args.workers}", "--set", "progress_bar=false", *settings],
-                   done=pretrained[name])
+                   done=checkpoint_path(folder, "final"))
     common = ["--set", f"iterations_per_epoch={args.iterations_per_epoch}", "--set", f"num_workers={args.workers}", "--set", "progress_bar=false"]
     iterations = {"small": args.iterations, "all": args.iterations_all}
     epochs = {key: max(1, value // args.iterations_per_epoch) for key, value in iterations.items()}

@@ -12,13 +12,13 @@ This module imports no torch at the top, so the preprocessing worker processes t
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from volfnet.errors import DataIntegrityError, VolfnetError
+from volfnet.io.dataset import channel_file_name, parse_channel_file
 from volfnet.io.image_io import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_case
 from volfnet.plans import Plans
 from volfnet.preprocessing.case_store import CaseProperties, load_case
@@ -26,7 +26,6 @@ from volfnet.preprocessing.preprocessor import preprocess_array
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_NAME_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")  # "{case}_{CCCC}" without the ending
 FIRST_CHANNEL = "0000"  # a file with this suffix marks a folder in the raw, one-file-per-channel layout
 MAX_LISTED_IGNORED = 5  # non-image files named in the warning before "and N more"
 # Header + data-file formats are written as their one-file twins: an atomic rename can move
@@ -109,11 +108,11 @@ def _raw_layout_cases(folder: Path, files: list[Path], num_channels: int) -> tup
     problems: list[str] = []
     channels: dict[str, dict[int, Path]] = {}
     for path in files:
-        match = CHANNEL_NAME_PATTERN.match(_name_without_ending(path))
-        if match is None:
+        parsed = parse_channel_file(_name_without_ending(path))
+        if parsed is None:
             problems.append(f"{path}: name does not follow {{case}}_{{CCCC}}<ending> like the other files in {folder}")
             continue
-        channels.setdefault(match["case"], {})[int(match["channel"])] = path
+        channels.setdefault(parsed[0], {})[parsed[1]] = path
     cases = []
     for case_id, found in sorted(channels.items()):
         expected = set(range(num_channels))
@@ -126,7 +125,7 @@ def _raw_layout_cases(folder: Path, files: list[Path], num_channels: int) -> tup
                 f"{num_channels} channel(s) ({_expected_names(num_channels)})"
             )
         elif missing:
-            names = [f"{case_id}_{c:04d}{file_ending(next(iter(found.values())))}" for c in missing]
+            names = [channel_file_name(case_id, c, file_ending(next(iter(found.values())))) for c in missing]
             problems.append(f"{folder / case_id}: missing channel file(s) {names}")
         elif len(endings) > 1:
             problems.append(f"{folder / case_id}: channel files use different endings {sorted(endings)}")
@@ -172,8 +171,8 @@ def single_file_case(path: Path, num_channels: int) -> InputCase:
             "into a folder and pass the folder"
         )
     name = _name_without_ending(path)
-    match = CHANNEL_NAME_PATTERN.match(name)
-    case_id = match["case"] if match and match["channel"] == FIRST_CHANNEL else name
+    parsed = parse_channel_file(name)
+    case_id = parsed[0] if parsed is not None and parsed[1] == 0 else name
     return InputCase(case_id, [path], output_ending(file_ending(path)))
 
 

@@ -16,6 +16,8 @@ from volfnet.io.files import read_json
 from volfnet.io.image_io import SUPPORTED_ENDINGS
 
 DATASET_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
+# nnU-Net's image file name: "{case}_{CCCC}" and the file ending, one file per channel
+CHANNEL_FILE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 #: nnU-Net's name for the label of voxels without annotation (sparse or partial labels): they
 #: carry no loss, are never foreground centres and are left out of every score.
@@ -211,6 +213,17 @@ def dataset_id_and_name(folder_name: str) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
+def channel_file_name(case_id: str, channel: int, ending: str) -> str:
+    """``{case}_{CCCC}{ending}``: the file of one channel of a case in nnU-Net's layout."""
+    return f"{case_id}_{channel:04d}{ending}"
+
+
+def parse_channel_file(name_without_ending: str) -> tuple[str, int] | None:
+    """``("case_001", 2)`` for ``"case_001_0002"``; None for a name outside nnU-Net's rule."""
+    match = CHANNEL_FILE_PATTERN.match(name_without_ending)
+    return (match["case"], int(match["channel"])) if match else None
+
+
 def list_cases(images_dir: Path, ending: str, num_channels: int, labels_dir: Path | None = None) -> tuple[list[CaseFiles], list[str]]:
     """Group ``images_dir`` files into cases by the ``{case}_{CCCC}{ending}`` naming.
 
@@ -219,15 +232,14 @@ def list_cases(images_dir: Path, ending: str, num_channels: int, labels_dir: Pat
     """
     problems: list[str] = []
     channel_files: dict[str, dict[int, Path]] = {}
-    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
     for path in sorted(images_dir.iterdir()) if images_dir.is_dir() else []:
         if path.name.startswith("."):
             continue
-        match = pattern.match(path.name)
-        if not match:
+        parsed = parse_channel_file(path.name[: -len(ending)]) if path.name.endswith(ending) else None
+        if parsed is None:
             problems.append(f"{path}: name does not follow {{case}}_{{CCCC}}{ending}")
             continue
-        channel_files.setdefault(match.group(1), {})[int(match.group(2))] = path
+        channel_files.setdefault(parsed[0], {})[parsed[1]] = path
     cases = []
     for case_id, files in sorted(channel_files.items()):
         missing = [c for c in range(num_channels) if c not in files]

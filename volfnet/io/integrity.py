@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from volfnet.errors import DataIntegrityError
-from volfnet.io.dataset import CaseFiles, RawDataset
+from volfnet.io.dataset import CaseFiles, RawDataset, channel_file_name
 from volfnet.io.image_io import ImageGeometry, geometry_of
 from volfnet.io.nifti_check import nifti_problems, non_finite_counts
 from volfnet.parallel import parallel_map
@@ -292,7 +292,7 @@ def _orphan_labels(dataset: RawDataset) -> list[str]:
         if path.name.startswith(".") or not path.name.endswith(ending):
             continue
         case_id = path.name[: -len(ending)]
-        if not any((images_dir / f"{case_id}_{c:04d}{ending}").is_file() for c in range(dataset.dataset_json.num_channels)):
+        if not any((images_dir / channel_file_name(case_id, c, ending)).is_file() for c in range(dataset.dataset_json.num_channels)):
             orphans.append(f"{path}: label file has no image in {images_dir} (expected {case_id}_0000{ending})")
     return orphans
 

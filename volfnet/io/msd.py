@@ -24,7 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from volfnet.errors import DataIntegrityError, VolfnetError
-from volfnet.io.dataset import DATASET_FOLDER_PATTERN, DatasetJson
+from volfnet.io.dataset import DATASET_FOLDER_PATTERN, DatasetJson, channel_file_name
 from volfnet.io.files import atomic_write_json, read_json
 from volfnet.io.image_io import ImageGeometry, write_image
 from volfnet.io.nifti_check import nifti_problems
@@ -130,7 +130,7 @@ def _split_channels(job: _CaseJob, reader: sitk.ImageFileReader, num_channels: i
         shape=[int(v) for v in array.shape[1:]],
     )
     for channel in range(num_channels):
-        write_image(np.ascontiguousarray(array[channel]), geometry, job.images_out / f"{job.case_id}_{channel:04d}{OUTPUT_ENDING}")
+        write_image(np.ascontiguousarray(array[channel]), geometry, job.images_out / channel_file_name(job.case_id, channel, OUTPUT_ENDING))
 
 
 def convert_case(job: _CaseJob) -> list[str]:

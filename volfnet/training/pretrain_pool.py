@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from volfnet.io.dataset import (
     RawDataset,
     find_dataset_folder,
     list_cases,
+    parse_channel_file,
 )
 from volfnet.io.files import atomic_write_json, load_npy, read_json
 from volfnet.io.image_io import SUPPORTED_ENDINGS
@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 POOL_FOLDER_SUFFIX = "_pretrain_pool"  # <configuration>_pretrain_pool beside the configuration's cache
 TEST_IMAGES = "imagesTs"
 DEFAULT_MAX_OPEN_VOLUMES = 256  # per process: memory maps are cheap, but their number is bounded
-NNUNET_CHANNEL_PATTERN = r"^(.+)_(\d{{4}}){ending}$"
 
 
 @dataclass(frozen=True)
@@ -289,9 +288,9 @@ def list_image_folder(folder: Path, dataset_json: DatasetJson) -> list[CaseFiles
         raise VolfnetError(f"{folder}: image folder not found")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     images = [p for p in files if p.name.endswith(SUPPORTED_ENDINGS)]
-    pattern = re.compile(NNUNET_CHANNEL_PATTERN.format(ending=re.escape(dataset_json.file_ending)))
+    ending = dataset_json.file_ending
     channels = dataset_json.num_channels
-    if images and all(pattern.match(p.name) for p in images):
+    if images and all(p.name.endswith(ending) and parse_channel_file(p.name[: -len(ending)]) for p in images):
         cases, problems = list_cases(folder, dataset_json.file_ending, channels)
         if problems:
             raise DataIntegrityError(
