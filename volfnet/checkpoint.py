@@ -29,6 +29,7 @@ import torch
 from volfnet import __version__
 from volfnet.errors import VolfnetError
 from volfnet.io.files import atomic_path
+from volfnet.io.torch_file import read_torch_file
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
 from volfnet.schema import build_from_json
 
@@ -140,15 +141,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     checkpoint with NaN/inf weights is useless: both are a :class:`VolfnetError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise VolfnetError(f"{path}: checkpoint file not found")
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... by cause
-        first_line = (str(exc).strip().splitlines() or ["no details"])[0]
-        if type(exc).__name__ == "UnpicklingError":
-            raise VolfnetError(f"{path}: refused to load: the file holds Python objects beyond tensors and plain data ({first_line})") from exc
-        raise VolfnetError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated: {first_line})") from exc
+    data = read_torch_file(path, map_location)
     if not isinstance(data, dict):
         raise VolfnetError(f"{path}: expected a dict in the checkpoint, found {type(data).__name__}")
     if "model_state_dict" not in data:

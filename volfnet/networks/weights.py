@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from volfnet.errors import VolfnetError
+from volfnet.io.torch_file import read_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +69,8 @@ def read_state_dict(source: Path | str | Mapping[str, Any], name: str | None = N
         name = name or "the given state dict"
         content: Any = source
     else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise VolfnetError(f"{path}: checkpoint file not found")
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for corrupt or unsafe files
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise VolfnetError(
-                f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True "
-                f"({type(exc).__name__}: {detail[:300]}). The file is corrupt, truncated, not a "
-                "PyTorch file, or holds objects other than tensors and plain containers."
-            ) from exc
+        name = str(source)
+        content = read_torch_file(Path(source))
     state = _extract_state_dict(content, name)
     return {_strip_prefixes(key): value for key, value in state.items()}, name
 
