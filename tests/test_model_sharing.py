@@ -176,7 +176,7 @@ def test_export_refuses_what_it_cannot_export(exported, monkeypatch, capsys):
         monkeypatch.setenv(env, str(base / "source" / name))
     out = base / "never.zip"
     assert export_main(["-m", str(setup.model_folder), "-f", "3", "-o", str(out)]) == 2
-    assert "fold 3 has no checkpoint_final.pt" in capsys.readouterr().err
+    assert "no checkpoint for fold 3 (folds with checkpoint_final.pt" in capsys.readouterr().err
     assert export_main(["-d", "4", "-c", "3d_fullres", "--tag", "nope", "-o", str(out)]) == 2
     assert "fmunet__3d_fullres__nope: no such model folder" in capsys.readouterr().err
     assert export_main(["-m", str(setup.model_folder), "-o", str(base / "model.tar")]) == 2

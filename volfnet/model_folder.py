@@ -21,10 +21,14 @@ Both training (writer) and inference (reader) import this module; it sits low, b
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from volfnet import paths
+from volfnet.checkpoint import CheckpointSpec, checkpoint_spec
 from volfnet.errors import VolfnetError
 from volfnet.io.dataset import DatasetJson
 from volfnet.io.files import atomic_write_text
@@ -37,6 +41,7 @@ CHECKPOINT_KINDS = ("latest", "best", "final")
 NUM_FOLDS = 5  # folds volfnet creates in splits.json; a hand-written splits.json may hold any number
 ALL_FOLDS = "all"
 FOLD_PREFIX = "fold_"
+SEGMENTATION_KIND = "segmentation"  # the checkpoint spec kind prediction accepts (not VolF pretraining)
 
 Fold = int | str  # 0, 1, ... (as many as splits.json holds) or "all"
 
@@ -157,6 +162,63 @@ class ModelFolder:
         if checkpoint_path(fold_folder(self.path, ALL_FOLDS), kind).is_file():
             found.append(ALL_FOLDS)
         return found
+
+    def select_folds(self, folds: Sequence[Fold | str] | None, kind: str = "final") -> list[Fold]:
+        """``folds`` checked to have a ``checkpoint_<kind>.pt`` (duplicates dropped), or every
+        fold that has one when ``folds`` is None; a missing checkpoint names what exists."""
+        available = self.available_folds(kind)
+        if folds is None:
+            if not available:
+                raise VolfnetError(f"{self.path}: no fold has a checkpoint_{kind}.pt yet{_checkpoints_found(self.path)}")
+            return available
+        selected = list(dict.fromkeys(parse_fold(f) for f in folds))
+        if not selected:
+            raise VolfnetError("no folds given")
+        for fold in selected:
+            path = checkpoint_path(fold_folder(self.path, fold), kind)
+            if not path.is_file():
+                raise VolfnetError(
+                    f"{path}: no checkpoint for fold {fold} (folds with checkpoint_{kind}.pt: {available or 'none'})"
+                    f"{_checkpoints_found(path.parent)}"
+                )
+        return selected
+
+    def segmentation_spec(self, checkpoint: dict[str, Any], path: Path) -> CheckpointSpec:
+        """The spec of a fold's checkpoint, checked to be a trained segmentation network that
+        agrees with this folder's plans and dataset.json (so its outputs mean what they say)."""
+        spec = checkpoint_spec(checkpoint, str(path))
+        if spec is None:
+            raise VolfnetError(f"{path}: has no volfnet spec (not written by volfnet training); cannot tell which network it holds")
+        if spec.kind != SEGMENTATION_KIND:
+            raise VolfnetError(f"{path}: is a {spec.kind!r} checkpoint; prediction needs a trained segmentation checkpoint")
+        mismatch = self.spec_mismatch(spec)
+        if mismatch:
+            raise VolfnetError(f"{path}: does not match the model folder's plans/dataset.json ({mismatch})")
+        return spec
+
+    def spec_mismatch(self, spec: CheckpointSpec) -> str | None:
+        """First disagreement between a checkpoint's spec and this folder, or None."""
+        configuration = self.plans.configuration(self.configuration)
+        checks = [
+            ("input channels", spec.num_input_channels, self.plans.num_input_channels),
+            ("classes", spec.num_classes, self.dataset_json.num_classes),
+            ("patch size", list(spec.patch_size), list(configuration.patch_size)),
+            ("spacing", list(spec.spacing), list(configuration.spacing)),
+            ("transpose", list(spec.transpose_forward), list(self.plans.transpose_forward)),
+            ("network", dataclasses.asdict(spec.network), dataclasses.asdict(configuration.network)),
+            ("normalization", [dataclasses.asdict(n) for n in spec.normalization],
+             [dataclasses.asdict(n) for n in configuration.normalization]),
+        ]
+        for name, found, expected in checks:
+            if found != expected:
+                return f"{name}: checkpoint {found}, plans {expected}"
+        return None
+
+
+def _checkpoints_found(folder: Path) -> str:
+    """``; found [...]``: the checkpoints under ``folder`` of any kind, to hint at ``-chk``."""
+    found = sorted(str(p.relative_to(folder)) for p in Path(folder).glob("**/checkpoint_*.pt"))
+    return f"; found {found}" if found else ""
 
 
 def write_model_folder_files(folder: Path, plans: Plans, dataset_json_file: Path) -> None:

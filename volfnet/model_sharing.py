@@ -132,22 +132,6 @@ def model_archive_files(model: ModelFolder, folds: Sequence[Fold], checkpoint: s
     return files + [_fold_checkpoint(fold, checkpoint) for fold in folds]
 
 
-def _select_folds(model: ModelFolder, folds: Sequence[str | int] | None, checkpoint: str) -> list[Fold]:
-    available = model.available_folds(checkpoint)
-    if folds is None:
-        if not available:
-            raise VolfnetError(f"{model.path}: no fold has a checkpoint_{checkpoint}.pt to export")
-        return available
-    selected = list(dict.fromkeys(parse_fold(f) for f in folds))
-    if not selected:
-        raise VolfnetError("no folds given")
-    for fold in selected:
-        path = checkpoint_path(fold_folder(model.path, fold), checkpoint)
-        if not path.is_file():
-            raise VolfnetError(f"{path}: fold {fold} has no checkpoint_{checkpoint}.pt (folds that have one: {available or 'none'})")
-    return selected
-
-
 def export_model(model_folder: Path, output_file: Path, folds: Sequence[str | int] | None = None, checkpoint: str = "final") -> ArchiveManifest:
     """Write ``model_folder`` (its plans, dataset.json, postprocessing.json and the
     ``checkpoint_<checkpoint>.pt`` of ``folds``; default every fold that has one) to the zip
@@ -160,7 +144,7 @@ def export_model(model_folder: Path, output_file: Path, folds: Sequence[str | in
         raise VolfnetError(f"{model.path / PLANS_FILE}: dataset name {dataset!r} is not of the form DatasetXXX_Name")
     if not MODEL_FOLDER_NAME.match(model.path.name):
         raise VolfnetError(f"{model.path}: the model folder's name may hold only letters, digits, '_', '-' and '.' to be exported")
-    selected = _select_folds(model, folds, checkpoint)
+    selected = model.select_folds(folds, checkpoint)
     manifest = ArchiveManifest(ARCHIVE_FORMAT_VERSION, __version__, dataset, model.path.name, selected, checkpoint, {})
     output_file = Path(output_file)
     if output_file.suffix.lower() != ".zip":

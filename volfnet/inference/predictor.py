@@ -17,7 +17,6 @@ cases are valid and ``skip_existing`` predicts only the rest.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -34,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from volfnet.checkpoint import CheckpointSpec, checkpoint_spec, load_checkpoint
+from volfnet.checkpoint import CheckpointSpec, load_checkpoint
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.evaluation.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision, load_postprocessing
 from volfnet.inference.export import (
@@ -57,7 +56,7 @@ from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE
 from volfnet.inference.tta import min_forward_batch
 from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
-from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, parse_fold
+from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.runtime import full_resolution_outputs, resolve_device
 from volfnet.parallel import select_part, worker_pool
@@ -78,7 +77,6 @@ T = TypeVar("T")
 # benchmarks/inference/predictor_memory.py measured 4.4 s/case inline, 4.6 with one process
 # and 6.5 with two on a 2-core machine. The export thread overlaps in both cases.
 DEFAULT_PREPROCESSING_WORKERS = {"cuda": 2, "cpu": 0}
-SEGMENTATION_KIND = "segmentation"  # the checkpoint spec kind the predictor accepts (not VolF pretraining)
 
 
 @dataclass
@@ -180,7 +178,7 @@ class Predictor:
         ``postprocessing.json`` is applied when the folder has one (unless ``postprocessing``
         is given in ``options``)."""
         model = ModelFolder.open(Path(folder))
-        selected = _select_folds(model, folds, checkpoint)
+        selected = model.select_folds(folds, checkpoint)
         networks, first_spec = [], None
         for fold in selected:
             path = checkpoint_path(fold_folder(model.path, fold), checkpoint)
@@ -463,42 +461,10 @@ def _is_finished(output_file: Path, save_probabilities: bool) -> bool:
 # --- model folder loading ---------------------------------------------------------------------
 
 
-def _select_folds(model: ModelFolder, folds: Sequence[int | str] | None, checkpoint: str) -> list[int | str]:
-    available = model.available_folds(checkpoint)
-    if folds is None:
-        if not available:
-            raise VolfnetError(f"{model.path}: no fold has a checkpoint_{checkpoint}.pt yet{_other_kinds_hint(model.path)}")
-        return available
-    selected = list(dict.fromkeys(parse_fold(f) for f in folds))
-    if not selected:
-        raise VolfnetError("no folds given")
-    for fold in selected:
-        path = checkpoint_path(fold_folder(model.path, fold), checkpoint)
-        if not path.is_file():
-            raise VolfnetError(
-                f"{path}: no checkpoint for fold {fold} (folds with checkpoint_{checkpoint}.pt: {available or 'none'})"
-                f"{_other_kinds_hint(path.parent)}"
-            )
-    return selected
-
-
-def _other_kinds_hint(folder: Path) -> str:
-    folder = Path(folder)
-    found = sorted(str(p.relative_to(folder)) for p in folder.glob("**/checkpoint_*.pt"))
-    return f"; found {found}" if found else ""
-
-
 def _load_fold_network(path: Path, model: ModelFolder) -> tuple[nn.Module, CheckpointSpec]:
     """Build one fold's network from its checkpoint's spec and load the weights strictly."""
     checkpoint = load_checkpoint(path)
-    spec = checkpoint_spec(checkpoint, str(path))
-    if spec is None:
-        raise VolfnetError(f"{path}: has no volfnet spec (not written by volfnet training); cannot tell which network it holds")
-    if spec.kind != SEGMENTATION_KIND:
-        raise VolfnetError(f"{path}: is a {spec.kind!r} checkpoint; prediction needs a trained segmentation checkpoint")
-    mismatch = _spec_mismatch(spec, model)
-    if mismatch:
-        raise VolfnetError(f"{path}: does not match the model folder's plans/dataset.json ({mismatch})")
+    spec = model.segmentation_spec(checkpoint, path)
     network = build_network_from_topology(spec.network, spec.num_input_channels, spec.num_classes, deep_supervision=False)
     try:
         network.load_state_dict(checkpoint["model_state_dict"], strict=True)
@@ -509,19 +475,3 @@ def _load_fold_network(path: Path, model: ModelFolder) -> tuple[nn.Module, Check
     return network, spec
 
 
-def _spec_mismatch(spec: CheckpointSpec, model: ModelFolder) -> str | None:
-    """First disagreement between a checkpoint's spec and the model folder, or None."""
-    configuration = model.plans.configuration(model.configuration)
-    checks = [
-        ("input channels", spec.num_input_channels, model.plans.num_input_channels),
-        ("classes", spec.num_classes, model.dataset_json.num_classes),
-        ("patch size", list(spec.patch_size), list(configuration.patch_size)),
-        ("spacing", list(spec.spacing), list(configuration.spacing)),
-        ("transpose", list(spec.transpose_forward), list(model.plans.transpose_forward)),
-        ("network", dataclasses.asdict(spec.network), dataclasses.asdict(configuration.network)),
-        ("normalization", [dataclasses.asdict(n) for n in spec.normalization], [dataclasses.asdict(n) for n in configuration.normalization]),
-    ]
-    for name, found, expected in checks:
-        if found != expected:
-            return f"{name}: checkpoint {found}, plans {expected}"
-    return None
