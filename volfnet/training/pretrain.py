@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from volfnet.checkpoint import checkpoint_spec, load_checkpoint
 from volfnet.errors import VolfnetError
@@ -267,51 +268,24 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
     tag = request.tag or (PUBLISHED_TAG if request.published else "")
     model_folder = model_folder_path(plans.dataset_name, topology.name, request.configuration, tag=tag)
     run_folder = pretrain_folder(model_folder)
-    stored_settings, stored_config = None, None
-    if request.resume:
-        latest = checkpoint_path(run_folder, "latest")
-        if not latest.is_file():
-            raise VolfnetError(f"cannot resume: {latest} does not exist (no epoch was checkpointed yet); start without --c")
-        checkpoint = load_checkpoint(latest)
-        spec = checkpoint_spec(checkpoint, str(latest))
-        if spec is None or spec.kind != VolFPretrainingTask.kind:
-            raise VolfnetError(f"cannot resume: {latest} is not a VolF pretraining checkpoint")
-        topology, patch = spec.network, list(spec.patch_size)  # the run's network, even if the plans changed since
-        stored_config = checkpoint.get("trainer_config")
-        del checkpoint
-        stored_settings = _stored_settings(run_folder)
-        if stored_settings is None:
-            logger.warning("%s is missing: resuming with the published VolF settings and the checkpoint's patch", run_folder / SETTINGS_FILE)
+    resumed = _restore(run_folder) if request.resume else None
+    stored_settings = resumed.settings if resumed is not None else None
+    if resumed is not None:
+        topology, patch = resumed.topology, resumed.patch  # the run's network, even if the plans changed since
     volf = volf_settings(patch, volf_overrides, stored_settings)
     if list(volf.patch_size) != list(patch) and topology.name == "pctnet":
         if request.resume:
             raise VolfnetError(f"PCT-Net was built for input size {topology.input_size}; a resumed run cannot change volf.patch_size")
         topology = dataclasses.replace(topology, input_size=list(volf.patch_size))
-    plan = plans.configuration(request.configuration)
-    dataclasses.replace(plan, network=topology, patch_size=list(volf.patch_size)).check()  # before anything is written
-    base_batch = plan.batch_size
+    plan = dataclasses.replace(plans.configuration(request.configuration), network=topology, patch_size=list(volf.patch_size))
+    plan.check()  # before anything is written
     count = int(stored_settings.get("validation_samples", request.validation_samples)) if stored_settings else request.validation_samples
-    config = trainer_settings(request, trainer_overrides, base_batch, count, stored_config)
+    config = trainer_settings(request, trainer_overrides, plan.batch_size, count, resumed.trainer_config if resumed else None)
     if write:
         validation_set = ensure_validation_set(run_folder, pool, volf, count, config.seed, resume=request.resume)
-        folder_plans = plans
-        if topology != plan.network or list(volf.patch_size) != list(plan.patch_size):
-            changed = dataclasses.replace(plan, network=topology, patch_size=list(volf.patch_size))
-            folder_plans = dataclasses.replace(plans, configurations={**plans.configurations, request.configuration: changed})
+        folder_plans = dataclasses.replace(plans, configurations={**plans.configurations, request.configuration: plan})
         write_model_folder_files(model_folder, folder_plans, first.folder / DATASET_FILE)
-        atomic_write_json(
-            run_folder / SETTINGS_FILE,
-            {
-                "datasets": [d.name for d in datasets],
-                "configuration": request.configuration,
-                "images": [str(Path(p).expanduser().resolve()) for p in request.images],
-                "weights": request.weights,
-                "validation_samples": count,
-                "network": dataclasses.asdict(topology),
-                "volf": volf.to_dict(),
-                "pool": [{"name": s.name, "folder": str(s.folder), "cases": len(s)} for s in pool.sources],
-            },
-        )
+        _write_settings(run_folder, request, datasets, pool, count, topology, volf)
     else:
         stored = read_validation_set(run_folder)
         if stored is None:
@@ -322,6 +296,52 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
         task = prepared.task()
         save_samples_png(sample_examples(task), run_folder / SAMPLES_PNG, task.num_classes)
     return prepared
+
+
+@dataclass
+class _ResumedRun:
+    """What a resumed pretraining keeps from its own files, whatever the plans say now."""
+
+    topology: NetworkTopology
+    patch: list[int]
+    trainer_config: dict[str, Any] | None
+    settings: dict[str, Any] | None
+
+
+def _restore(run_folder: Path) -> _ResumedRun:
+    """The network, patch and settings of the run in ``run_folder``, from its latest checkpoint
+    and ``pretrain_settings.json``."""
+    latest = checkpoint_path(run_folder, "latest")
+    if not latest.is_file():
+        raise VolfnetError(f"cannot resume: {latest} does not exist (no epoch was checkpointed yet); start without --c")
+    checkpoint = load_checkpoint(latest)
+    spec = checkpoint_spec(checkpoint, str(latest))
+    if spec is None or spec.kind != VolFPretrainingTask.kind:
+        raise VolfnetError(f"cannot resume: {latest} is not a VolF pretraining checkpoint")
+    settings = _stored_settings(run_folder)
+    if settings is None:
+        logger.warning("%s is missing: resuming with the published VolF settings and the checkpoint's patch", run_folder / SETTINGS_FILE)
+    return _ResumedRun(spec.network, list(spec.patch_size), checkpoint.get("trainer_config"), settings)
+
+
+def _write_settings(
+    run_folder: Path, request: PretrainRequest, datasets: list[PoolDataset], pool: VolumePool, count: int,
+    topology: NetworkTopology, volf: VolFConfig,
+) -> None:
+    """``pretrain_settings.json``: what a resumed run and a reader of the results need to know."""
+    atomic_write_json(
+        run_folder / SETTINGS_FILE,
+        {
+            "datasets": [d.name for d in datasets],
+            "configuration": request.configuration,
+            "images": [str(Path(p).expanduser().resolve()) for p in request.images],
+            "weights": request.weights,
+            "validation_samples": count,
+            "network": dataclasses.asdict(topology),
+            "volf": volf.to_dict(),
+            "pool": [{"name": s.name, "folder": str(s.folder), "cases": len(s)} for s in pool.sources],
+        },
+    )
 
 
 # -------------------------------------------------------------------------------- run
