@@ -83,15 +83,16 @@ def test_train_resume_validate_and_finetune(planned, capsys):
     assert train_main(["1", "3d_fullres", "1", *TINY, "--tag", "finetuned", "--pretrained"]) == 0
     tuned = load_checkpoint(planned["results"] / "Dataset001_Toy" / "fmunet__3d_fullres__finetuned" / "fold_1" / "checkpoint_final.pt")
     assert (tuned["trainer_config"]["optimizer"], tuned["trainer_config"]["lr"], tuned["trainer_config"]["schedule"]) == ("adam", 1e-3, "poly")
-    assert tuned["trainer_config"]["pretrained_weights"] == "encoder"  # the preset loads the encoder alone
+    assert tuned["trainer_config"]["pretrained_weights"] == "all"  # the preset loads every weight that fits
     tuned_log = (planned["results"] / "Dataset001_Toy" / "fmunet__3d_fullres__finetuned" / "fold_1" / "log.txt").read_text()
-    assert "not an encoder weight (encoder-only loading)" in tuned_log
+    assert "not an encoder weight" not in tuned_log
 
-    # fold all, every weight that fits, from a checkpoint file
+    # fold all, the encoder only, from a checkpoint file
     source = fold0 / "checkpoint_final.pt"
-    assert train_main(["1", "3d_fullres", "all", *TINY, "--pretrained", str(source), "--set", "pretrained_weights=all"]) == 0
+    assert train_main(["1", "3d_fullres", "all", *TINY, "--pretrained", str(source), "--set", "pretrained_weights=encoder"]) == 0
     assert (model / "fold_all" / "validation" / "summary.json").is_file()
-    assert "not an encoder weight" not in (model / "fold_all" / "log.txt").read_text()
+    assert "not an encoder weight (encoder-only loading)" in (model / "fold_all" / "log.txt").read_text()
+    assert load_checkpoint(model / "fold_all" / "checkpoint_final.pt")["trainer_config"]["pretrained_weights"] == "encoder"
 
 
 def test_num_gpus_starts_one_training_process_per_gpu(planned, monkeypatch):

@@ -29,7 +29,7 @@ def test_finetune_and_pretraining_presets():
     finetune = finetune_defaults()  # MIS-FM's recipe, chosen on the Hippocampus validation split
     assert (finetune.optimizer, finetune.lr, finetune.weight_decay, finetune.schedule, finetune.poly_exponent) == ("adam", 1e-3, 1e-5, "poly", 0.8)
     assert (finetune.warmup_steps(), finetune.grad_clip, finetune.deep_supervision) == (0, None, False)
-    assert (finetune.pretrained_weights, supervised_defaults().pretrained_weights) == ("encoder", "all")
+    assert (finetune.pretrained_weights, supervised_defaults().pretrained_weights) == ("all", "all")
     assert finetune.total_iterations() == supervised_defaults().total_iterations()
     pretrain = pretraining_defaults()
     assert (pretrain.optimizer, pretrain.lr, pretrain.weight_decay, pretrain.schedule) == ("adam", 1e-3, 1e-5, "step")
@@ -147,3 +147,12 @@ def test_channels_last_is_a_trainer_setting_reaching_the_network(tmp_path):
     state = load_checkpoint(result.final_checkpoint)["model_state_dict"]
     weight = next(w for w in state.values() if w.dim() == 5 and w.shape[1] > 1 and w.shape[-1] > 1)  # saved with its training strides
     assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+
+
+def test_encoder_only_flag_is_the_pretrained_weights_setting(tmp_path):
+    from volfnet.training.train import TrainRequest, trainer_config
+
+    flagged = trainer_config(TrainRequest("1", "3d_fullres", 0, pretrained="final", encoder_only=True), tmp_path, pretrained=True)
+    plain = trainer_config(TrainRequest("1", "3d_fullres", 0, pretrained="final"), tmp_path, pretrained=True)
+    assert (flagged.pretrained_weights, plain.pretrained_weights) == ("encoder", "all")
+    assert flagged.replaced(pretrained_weights="all") == plain  # nothing else differs

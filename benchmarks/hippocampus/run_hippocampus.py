@@ -106,6 +106,7 @@ VARIANTS = {
     "volfbox24adam": ("box24", [*MISFM, *ALL_WEIGHTS], "VolF box24 (Adam 1e-3)"),
     "volfbox24adamenc": ("box24", [*MISFM, *ENCODER_ONLY], "VolF box24, encoder only (Adam 1e-3)"),
     "volfgrid24enc": ("grid24", [*MISFM, *ENCODER_ONLY], "VolF grid24, encoder only (Adam 1e-3)"),
+    "volfgrid24adam": ("grid24", [*MISFM, *ALL_WEIGHTS], "VolF grid24 (Adam 1e-3)"),
     "volfbox24staged": ("box24", STAGED, "VolF box24 (Adam 1e-3, staged)"),
     "volfbox24adamlr": ("box24", ENCODER_LR, "VolF box24 (Adam 1e-3, encoder lr x0.1)"),
 }
@@ -113,8 +114,8 @@ VARIANTS = {
 # split) and keep the best, instead of assuming the last is.
 PROBED_SNAPSHOTS = (3000, 6000, 9000)
 for _iteration in PROBED_SNAPSHOTS:
-    VARIANTS[f"volfgrid24it{_iteration}enc"] = (
-        f"grid24{SNAPSHOT_SEPARATOR}{_iteration}", [*MISFM, *ENCODER_ONLY], f"VolF grid24 after {_iteration} iterations, encoder only (Adam 1e-3)"
+    VARIANTS[f"volfgrid24it{_iteration}"] = (
+        f"grid24{SNAPSHOT_SEPARATOR}{_iteration}", [*MISFM, *ALL_WEIGHTS], f"VolF grid24 after {_iteration} iterations (Adam 1e-3)"
     )
 RUN_NAMES = tuple(f"{budget}_{variant}" for variant in VARIANTS for budget in ("small", "all"))
 DEFAULT_RUNS = ["small_scratch", "small_scratchadam", "small_volfbox24adam", "all_scratch", "all_volfbox24adam"]

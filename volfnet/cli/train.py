@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from pretrained weights: without PATH, this dataset's VolF checkpoint written by volfnet_pretrain; "
         "with PATH, any compatible volfnet or PyMIC/MIS-FM checkpoint",
     )
-    parser.add_argument("--encoder-only", action="store_true", help="with --pretrained: load only the encoder (the fine-tuning preset's choice; "
-                        "--set pretrained_weights=all loads every weight that fits)")
+    parser.add_argument("--encoder-only", action="store_true", help="with --pretrained: load only the encoder (the same as --set pretrained_weights=encoder; "
+                        "by default every weight that fits is loaded)")
     parser.add_argument("--c", "--continue", dest="resume", action="store_true", help="continue from checkpoint_latest.pt")
     parser.add_argument("--val", dest="validation_only", action="store_true", help="only run the final validation with checkpoint_final.pt")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")

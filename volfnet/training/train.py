@@ -58,7 +58,7 @@ class TrainRequest:
     fold: str | int
     network: str | None = None
     pretrained: str | Path | None = None
-    encoder_only: bool = False  # shorthand for --set pretrained_weights=encoder (the fine-tuning preset's choice)
+    encoder_only: bool = False  # shorthand for --set pretrained_weights=encoder
     resume: bool = False
     validation_only: bool = False
     device: str | None = None
