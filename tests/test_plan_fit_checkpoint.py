@@ -19,7 +19,8 @@ from volfnet.errors import VolfnetError
 from volfnet.networks.build import build_network, build_network_from_topology
 from volfnet.networks.fmunet import published_fmunet_topology
 from volfnet.networks.pctnet import published_pctnet_topology
-from volfnet.planning.fit_checkpoint import infer_topology, read_checkpoint_fit
+from volfnet.networks.topology_inference import infer_topology
+from volfnet.planning.fit_checkpoint import read_checkpoint_fit
 from volfnet.plans import ChannelNormalization, NetworkTopology, Plans
 from volfnet.training.initial_weights import load_initial_weights
 
