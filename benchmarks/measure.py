@@ -1,7 +1,7 @@
 """Run a command and measure its wall time and the peak memory of its whole process tree.
 
 Peak memory is the largest sum of resident set sizes over the command and every process it
-started (worker pools included), sampled every 50 ms from /proc; Linux only.
+started (worker pools included), sampled every 50 ms from /proc (process_tree.py); Linux only.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from process_tree import tree_rss_kb
+
 SAMPLE_SECONDS = 0.05
 
 
@@ -21,34 +23,6 @@ class Measurement:
     peak_rss_mb: float
     returncode: int
     output: str
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
-
-
-def _tree_rss_kb(root: int) -> int:
-    total, stack, seen = 0, [root], set()
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-                    break
-        except OSError:
-            continue
-        stack += _children(pid)
-    return total
 
 
 def measure(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measurement:
@@ -62,7 +36,7 @@ def measure(command: list[str], env: dict[str, str] | None = None, cwd: Path | N
     reader = threading.Thread(target=lambda: output_chunks.append(process.stdout.read()), daemon=True)
     reader.start()
     while process.poll() is None:
-        peak = max(peak, _tree_rss_kb(process.pid))
+        peak = max(peak, tree_rss_kb(process.pid))
         time.sleep(SAMPLE_SECONDS)
     reader.join()
     return Measurement(time.perf_counter() - start, peak / 1024, process.returncode, "".join(output_chunks))

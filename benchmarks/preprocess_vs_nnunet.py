@@ -19,9 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from measure import measure  # noqa: E402
-from nnunet_env import ensure_nnunet_venv  # noqa: E402
+from peer_envs import peer_bin  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -41,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.msd.is_dir():
         raise SystemExit(f"MSD folder {args.msd} not found")
-    nnunet_bin = ensure_nnunet_venv()
+    nnunet_bin = peer_bin("nnunet")
     work = args.work
     volfnet_env = {f"VOLFNET_{k}": str(work / "volfnet" / k) for k in ("raw", "preprocessed", "results")}
     nnunet_env = {f"nnUNet_{k}": str(work / "nnunet" / k) for k in ("raw", "preprocessed", "results")}

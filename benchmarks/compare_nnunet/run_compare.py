@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "hippocampus")]
-from nnunet_env import ensure_nnunet_venv  # noqa: E402
+from peer_envs import peer_bin  # noqa: E402
 from run_hippocampus import DATASET, LABEL_NAMES  # noqa: E402  (its work folder is read here)
 from stage_runner import StageRunner  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> None:
     split = json.loads((hippocampus / "preprocessed" / DATASET / "splits.json").read_text())
     # The held-out cases run_hippocampus.py linked (the folds validate on a separate split).
     held_out = sorted(path.name[: -len("_0000.nii.gz")] for path in (hippocampus / "imagesHeldOut").glob("*_0000.nii.gz"))
-    bin_dir = ensure_nnunet_venv()
+    bin_dir = peer_bin("nnunet")
     install_trainer(bin_dir)
 
     work = args.work.resolve()

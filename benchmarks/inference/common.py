@@ -11,23 +11,17 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from tiny_unet import build
+sys.path.insert(0, str(HERE.parent))  # benchmarks/, for its shared modules
+from peer_envs import peer_python  # noqa: E402
+from tiny_unet import build  # noqa: E402
 
 WORK = HERE.parent / "_work" / "inference"
-MONAI_ENV = HERE.parent / "_envs" / "monai"
 RUNNER = HERE / "runner.py"
 
 
 def ensure_monai() -> Path:
-    """The Python of a private venv with MONAI (installed on first use; never a volfnet dependency)."""
-    python = MONAI_ENV / "bin" / "python"
-    if not python.exists() or subprocess.run([str(python), "-c", "import monai"], capture_output=True, check=False).returncode:
-        print(f"installing MONAI into {MONAI_ENV}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(MONAI_ENV)], check=True)
-        # torch pinned: that release installs from local disk; an unpinned one downloads GBs.
-        subprocess.run([str(MONAI_ENV / "bin" / "pip"), "install", "-q", "torch==2.13.0", "monai"], check=True)
-    return python
+    """The Python of the private MONAI environment (see benchmarks/peer_envs.py)."""
+    return peer_python("monai")
 
 
 def write_case(name: str, shape: tuple[int, int, int], channels: int, classes: int, width: int) -> tuple[Path, Path]:

@@ -39,8 +39,6 @@ import SimpleITK as sitk
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
 from common import WORK, table
 
 from volfnet.checkpoint import CheckpointSpec, save_checkpoint

@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
 from common import run, table, write_case
 
 from volfnet.inference.sliding_window import accumulation_bytes, tile_starts

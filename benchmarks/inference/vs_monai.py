@@ -32,8 +32,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parents[1]))
 from common import WORK, ensure_monai, run, table, write_case
 
 from volfnet.inference.sliding_window import gaussian_importance_map, tile_starts

@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
 from volfnet.networks import runtime  # noqa: E402
 from volfnet.networks.build import build_network_from_topology  # noqa: E402

@@ -46,6 +46,9 @@ from volfnet.checkpoint import load_checkpoint
 from volfnet.demo.synthetic import DemoDatasetSizes, write_demo_dataset
 from volfnet.io.files import atomic_write_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for its shared modules
+from process_tree import descendants, process_table  # noqa: E402
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 DATASET_ID = 990
 DATASET = f"Dataset{DATASET_ID:03d}_Kill"
@@ -78,33 +81,9 @@ class CommandReport:
 # the process table (Linux /proc)
 
 
-def process_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, state, command line) of every process."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
-        except OSError:
-            continue  # exited while we looked
-        table[int(entry.name)] = (int(fields[1]), fields[0], command)
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    table = process_table()
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, (parent, _, _) in table.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def still_running(pids: set[int]) -> dict[int, str]:
     table = process_table()
-    return {pid: table[pid][2] for pid in pids if pid in table and table[pid][1] != "Z"}  # a zombie has exited
+    return {pid: table[pid].command for pid in pids if pid in table and table[pid].state != "Z"}  # a zombie has exited
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _proctime import tree_cpu_seconds
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/, for process_tree
+from process_tree import tree_cpu_seconds
 
 
 def export(pre_folder: str, out_folder: str) -> None:

@@ -32,11 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _proctime import tree_cpu_seconds
-from nnunet_env import NNUNET_VENV as VENV
-from nnunet_env import ensure_nnunet_venv
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for its shared modules
+from process_tree import tree_cpu_seconds
+from peer_envs import peer_bin
 
 from volfnet.data.batches import training_producer
 from volfnet.data.loader import BatchLoader
@@ -72,7 +70,7 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 def ensure_nnunet() -> Path:
     """The nnU-Net virtual environment and its preprocessed Hippocampus 3d_fullres folder."""
-    ensure_nnunet_venv()
+    peer_bin("nnunet")
     dataset = WORK / "nnunet" / "preprocessed" / "Dataset004_Hippocampus"
     folder = dataset / "nnUNetPlans_3d_fullres"
     if not (dataset / "nnUNetPlans.json").exists() or not any(folder.glob("*.b2nd")):
@@ -81,8 +79,8 @@ def ensure_nnunet() -> Path:
         for name in ("raw", "preprocessed", "results"):
             (WORK / "nnunet" / name).mkdir(parents=True, exist_ok=True)
         if not (WORK / "nnunet" / "raw" / "Dataset004_Hippocampus").exists():
-            run([str(VENV / "bin" / "nnUNetv2_convert_MSD_dataset"), "-i", str(MSD_TASK), "-np", "2"])
-        run([str(VENV / "bin" / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "2", "-npfp", "2"])
+            run([str(peer_bin("nnunet") / "nnUNetv2_convert_MSD_dataset"), "-i", str(MSD_TASK), "-np", "2"])
+        run([str(peer_bin("nnunet") / "nnUNetv2_plan_and_preprocess"), "-d", "4", "-c", "3d_fullres", "-np", "2", "-npfp", "2"])
     return folder
 
 
@@ -94,7 +92,7 @@ def ensure_volfnet_cases(nnunet_folder: Path) -> Path:
     expected = sorted(p.name[: -len(".b2nd")] for p in nnunet_folder.glob("*.b2nd") if not p.name.endswith("_seg.b2nd"))
     if cases.is_dir() and list_preprocessed_cases(cases) == expected:
         return cases
-    run([str(VENV / "bin" / "python"), str(NNUNET_SIDE), "export", str(nnunet_folder), str(export)])
+    run([str(peer_bin("nnunet") / "python"), str(NNUNET_SIDE), "export", str(nnunet_folder), str(export)])
     index = json.loads((export / "cases.json").read_text())
     for case_id, info in index.items():
         shape = info["shape"]
@@ -167,7 +165,7 @@ def measure_volfnet(cases: Path, plan: ConfigurationPlan, outputs: int, workers:
 
 def measure_nnunet(folder: Path, workers: int, batches: int, warmup: int) -> dict:
     result = run(
-        [str(VENV / "bin" / "python"), str(NNUNET_SIDE), "measure", str(folder), "--workers", str(workers),
+        [str(peer_bin("nnunet") / "python"), str(NNUNET_SIDE), "measure", str(folder), "--workers", str(workers),
          "--batches", str(batches), "--warmup", str(warmup)],
         capture_output=True,
         text=True,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -150,7 +149,6 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     set_roots()
-    sys.path.insert(0, str(ROOT))
     from volfnet.training.config import supervised_defaults
 
     folder = ensure_preprocessed()

@@ -25,21 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for its shared modules
+from peer_envs import peer_python  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-PEER_ENV = ROOT / "benchmarks" / "_envs" / "pymic"
 WORK = ROOT / "benchmarks" / "_work" / "volf"
 WORKER = Path(__file__).resolve().parent / "volf_worker.py"
-PEER_PACKAGES = ["torch==2.13.0", "pymic", "imops"]
-
-
-def peer_python() -> Path:
-    """The peer environment's python, creating the environment on first use."""
-    python = PEER_ENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {PEER_ENV} with {' '.join(PEER_PACKAGES)} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(PEER_ENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
-    return python
 
 
 def phantom(shape=(96, 192, 192), seed: int = 0) -> np.ndarray:
@@ -76,7 +67,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     volume_path = WORK / "phantom_96x192x192.npy"
     np.save(volume_path, phantom())
-    pythons = {"pymic": peer_python(), "volfnet-torch": Path(sys.executable), "volfnet-numpy": Path(sys.executable)}
+    pythons = {"pymic": peer_python("pymic"), "volfnet-torch": Path(sys.executable), "volfnet-numpy": Path(sys.executable)}
     counts = {"pymic": args.pymic_samples, "volfnet-torch": args.volfnet_samples, "volfnet-numpy": args.volfnet_samples}
     results: dict[str, dict[str, list]] = {impl: {"seconds": [], "fractions": [], "image": [], "label_only": []} for impl in pythons}
     for round_index in range(args.rounds):
