@@ -25,7 +25,7 @@ from volfnet.schema import build_from_json
 
 PLANS_VERSION = 1
 
-NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1")
+NORMALIZATION_SCHEMES = ("ct", "zscore", "none", "rescale_0_1", "rgb_to_0_1")
 NETWORK_NAMES = ("fmunet", "pctnet")
 
 
@@ -37,7 +37,8 @@ class ChannelNormalization:
     dataset's foreground mean/std (Hounsfield units mean the same in every scan).
     ``zscore``: per-image z-score; inside the nonzero mask only when ``use_mask`` (set when
     cropping to nonzero removed much of the image, e.g. skull-stripped brain MRI).
-    ``rescale_0_1``: per-image min/max to [0, 1]. ``none``: leave intensities as they are.
+    ``rescale_0_1``: per-image min/max to [0, 1]. ``rgb_to_0_1``: 8-bit colour divided by 255
+    (values outside 0..255 are refused). ``none``: leave intensities as they are.
     """
 
     scheme: str

@@ -21,7 +21,7 @@ from volfnet.evaluation.cases import CasePair, find_case_pairs, normalize_labels
 from volfnet.evaluation.metrics import METRIC_NAMES, label_map_metrics, mask_metrics
 from volfnet.parallel import default_num_workers, parallel_starmap
 from volfnet.io.files import atomic_path, atomic_write_json
-from volfnet.io.image_io import read_image
+from volfnet.io.image_io import ImageGeometry, read_channels
 from volfnet.values import json_safe, nanmean
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,15 @@ CONVENTIONS = {
     "prediction_empty_only": "Dice, IoU and NSD are 0; HD95 and ASSD are null and left out of the means",
     "distances": "millimetres, from the image spacing",
 }
+
+
+def scoring_grid(reference: np.ndarray, prediction: np.ndarray, geometry: ImageGeometry) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """The arrays and spacing metrics are computed on: a 2D picture ([1, Y, X], no third
+    axis) is scored in 2D, so its surfaces are the in-plane contours (in 3D every pixel of a
+    single slice would be surface) and distances are in pixels times the in-plane spacing."""
+    if geometry.is_picture_2d:
+        return reference[0], prediction[0], list(geometry.spacing[1:])
+    return reference, prediction, list(geometry.spacing)
 
 
 def evaluate_case(
@@ -66,11 +75,14 @@ def evaluate_case(
         unannotated = reference == ignore_label
         reference = np.where(unannotated, 0, reference)
         prediction = np.where(unannotated, 0, prediction)
+    scored_reference, scored_prediction, spacing = scoring_grid(reference, prediction, geometry)
     if regions is None:
-        metrics = label_map_metrics(reference, prediction, labels, geometry.spacing, tolerance_mm)
+        metrics = label_map_metrics(scored_reference, scored_prediction, labels, spacing, tolerance_mm)
     else:
         metrics = {
-            int(number): mask_metrics(np.isin(reference, regions[number - 1]), np.isin(prediction, regions[number - 1]), geometry.spacing, tolerance_mm)
+            int(number): mask_metrics(
+                np.isin(scored_reference, regions[number - 1]), np.isin(scored_prediction, regions[number - 1]), spacing, tolerance_mm
+            )
             for number in labels
         }
     if overlay_image is not None and overlay_path is not None:
@@ -78,7 +90,8 @@ def evaluate_case(
         # and is needed only when overlays are asked for.
         from volfnet.evaluation.overlays import save_overlay_png
 
-        image, image_geometry = read_image(overlay_image)
+        channels, image_geometry = read_channels(overlay_image)
+        image = channels.mean(axis=0)  # an RGB picture is drawn in grey
         mismatch = geometry.matches(image_geometry)
         if mismatch:
             raise VolfnetError(f"{overlay_image}: geometry differs from reference {pair.reference} ({mismatch})")

@@ -51,7 +51,7 @@ from volfnet.inference.export import (
 )
 from volfnet.inference.inputs import output_ending
 from volfnet.io.dataset import DatasetJson
-from volfnet.io.image_io import SUPPORTED_ENDINGS, file_ending, geometry_of, read_sitk
+from volfnet.io.image_io import SUPPORTED_ENDINGS, file_ending, read_geometry
 from volfnet.parallel import parallel_map, starmap_function
 
 __all__ = ["EnsembleCase", "REGION_THRESHOLD", "SUM_TOLERANCE", "ensemble_case", "ensemble_folders", "find_ensemble_cases", "probabilities_header"]
@@ -214,7 +214,7 @@ def _class_labels(mean: np.ndarray, source: Path) -> np.ndarray:
 def ensemble_case(case: EnsembleCase, num_outputs: int | None = None, regions_class_order: list[int] | None = None, save_probabilities: bool = False) -> Path:
     """Average one case's probabilities, write its label map (and mean probabilities); returns
     the label map's path. ``num_outputs``, when given, is the number of channels expected."""
-    geometry = geometry_of(read_sitk(case.reference_label_map))
+    geometry = read_geometry(case.reference_label_map)
     mean = _mean_probabilities(case.probability_files)
     if num_outputs is not None and mean.shape[0] != num_outputs:
         kind = "regions" if regions_class_order is not None else "classes"

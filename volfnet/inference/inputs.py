@@ -1,7 +1,8 @@
 """Finding, reading and preprocessing the images a user asks to predict.
 
 An input folder holds either the raw layout ``{case}_{CCCC}{ending}`` (one file per channel,
-as in ``imagesTs``) or, for single-channel models, freely named files, one case each. Every
+as in ``imagesTs``; an RGB picture holds three) or, for single-channel models and for
+pictures, freely named files, one case each. Every
 problem (bad names, missing or extra channels) is found before any prediction starts and
 reported at once, each naming its file.
 
@@ -18,8 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.errors import DataIntegrityError, VolfnetError
-from volfnet.io.dataset import channel_file_name, parse_channel_file
-from volfnet.io.image_io import SUPPORTED_ENDINGS, ImageGeometry, file_ending, read_case
+from volfnet.io.dataset import channel_file_name, channel_problems, parse_channel_file
+from volfnet.io.image_io import (
+    PICTURE_ENDINGS,
+    SIDECAR_ENDING,
+    SUPPORTED_ENDINGS,
+    TIFF_ENDINGS,
+    ImageGeometry,
+    file_ending,
+    is_picture,
+    read_case,
+)
 from volfnet.plans import Plans
 from volfnet.preprocessing.case_store import CaseProperties, load_case
 from volfnet.preprocessing.preprocessor import preprocess_array
@@ -66,13 +76,16 @@ def _name_without_ending(path: Path) -> str:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Image files (supported endings, not hidden) in ``folder``; others are logged and ignored."""
+    """Image files (supported endings, not hidden) in ``folder``; others are logged and ignored,
+    except the spacing sidecars of TIFF stacks (``{case}.json``), which belong there."""
     files: list[Path] = []
     ignored: list[Path] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
         (files if file_ending(path) in SUPPORTED_ENDINGS else ignored).append(path)
+    if any(file_ending(p) in TIFF_ENDINGS for p in files):
+        ignored = [p for p in ignored if p.suffix.lower() != SIDECAR_ENDING]
     if ignored:
         names = [p.name for p in ignored[:MAX_LISTED_IGNORED]]
         more = f" and {len(ignored) - MAX_LISTED_IGNORED} more" if len(ignored) > MAX_LISTED_IGNORED else ""
@@ -85,11 +98,14 @@ def _expected_names(num_channels: int) -> str:
 
 
 def _freely_named_cases(folder: Path, files: list[Path], num_channels: int) -> tuple[list[InputCase], list[str]]:
-    if num_channels > 1:
+    """One case per file: single-channel models, or pictures (an RGB file holds every channel
+    of an RGB model; the count is checked when the file is read)."""
+    if num_channels > 1 and not all(is_picture(p) for p in files):
         return [], [
             f"{path}: name does not follow {{case}}_{{CCCC}}<ending>; the model takes {num_channels} channels, "
             f"one file each ({_expected_names(num_channels)})"
             for path in files
+            if not is_picture(path)
         ]
     cases: list[InputCase] = []
     problems: list[str] = []
@@ -115,10 +131,17 @@ def _raw_layout_cases(folder: Path, files: list[Path], num_channels: int) -> tup
         channels.setdefault(parsed[0], {})[parsed[1]] = path
     cases = []
     for case_id, found in sorted(channels.items()):
+        endings = {file_ending(p) for p in found.values()}
+        if len(endings) == 1 and next(iter(endings)) in PICTURE_ENDINGS:
+            picture_problems = channel_problems(folder, case_id, set(found), num_channels, next(iter(endings)))
+            problems.extend(picture_problems)
+            if not picture_problems:
+                images = [found[c] for c in sorted(found)]
+                cases.append(InputCase(case_id, images, output_ending(file_ending(images[0]))))
+            continue
         expected = set(range(num_channels))
         missing = sorted(expected - set(found))
         extra = sorted(set(found) - expected)
-        endings = {file_ending(p) for p in found.values()}
         if extra:
             problems.append(
                 f"{folder / case_id}: has channel files {[f'{c:04d}' for c in sorted(found)]} but the model expects "
@@ -165,7 +188,7 @@ def single_file_case(path: Path, num_channels: int) -> InputCase:
         raise VolfnetError(f"{path}: input file not found")
     if file_ending(path) not in SUPPORTED_ENDINGS:
         raise VolfnetError(f"{path}: not an image file (endings: {list(SUPPORTED_ENDINGS)})")
-    if num_channels > 1:
+    if num_channels > 1 and not is_picture(path):
         raise VolfnetError(
             f"{path}: the model takes {num_channels} channels, one file each; put {_expected_names(num_channels)} "
             "into a folder and pass the folder"
@@ -176,19 +199,22 @@ def single_file_case(path: Path, num_channels: int) -> InputCase:
     return InputCase(case_id, [path], output_ending(file_ending(path)))
 
 
-def read_input_images(images: list[Path]) -> tuple[np.ndarray, ImageGeometry]:
-    """Read a case's channels as float32 (C, Z, Y, X); NaN or infinity is an error naming the file."""
-    image, geometry = read_case(images)
-    for channel, path in zip(image, images):
+def read_input_images(images: list[Path], num_channels: int | None = None) -> tuple[np.ndarray, ImageGeometry]:
+    """Read a case's channels as float32 (C, Z, Y, X), ``num_channels`` of them when given (an
+    RGB picture holds three); NaN or infinity is an error naming the file."""
+    image, geometry = read_case(images, num_channels)
+    one_file_per_channel = len(images) == image.shape[0]
+    for index, channel in enumerate(image):
         bad = int(np.count_nonzero(~np.isfinite(channel)))
         if bad:
+            path = images[index] if one_file_per_channel else images[0]
             raise VolfnetError(f"{path}: image contains {bad} NaN or infinite voxel(s); replace them before predicting")
     return image, geometry
 
 
 def load_input_case(case: InputCase, plans: Plans, configuration_name: str) -> PreparedCase:
     """Read and preprocess one input case, exactly as training cases were (runs in workers)."""
-    image, geometry = read_input_images(case.images)
+    image, geometry = read_input_images(case.images, plans.num_input_channels)
     data, _, properties = preprocess_array(
         image, geometry, None, plans, configuration_name, case.case_id, source_files=[str(p) for p in case.images]
     )

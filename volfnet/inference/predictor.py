@@ -261,16 +261,15 @@ class Predictor:
         return self._to_original([self.predict_logits(data)], properties, with_probabilities)
 
     def predict_files(self, image_files: Sequence[Path], output_file: Path, save_probabilities: bool = False) -> ExportedPrediction:
-        """Predict one case given as its channel files (in channel order) into ``output_file``."""
+        """Predict one case given as its channel files (in channel order; an RGB picture is three
+        channels in one file) into ``output_file``."""
         files = [Path(p) for p in image_files]
         output_file = Path(output_file)
-        if len(files) != self.num_input_channels:
-            raise VolfnetError(
-                f"{', '.join(map(str, files)) or 'no files'}: {len(files)} channel file(s) given; the model expects {self.num_input_channels}"
-            )
+        if not files:
+            raise VolfnetError(f"no image files given; the model expects {self.num_input_channels} channel(s)")
         if any(output_file.resolve() == p.resolve() for p in files):
             raise VolfnetError(f"{output_file}: the output would overwrite an input image; choose another output")
-        image, geometry = read_input_images(files)
+        image, geometry = read_input_images(files, self.num_input_channels)
         ending = file_ending(output_file)
         case_id = output_file.name[: -len(ending)] if ending else output_file.name
         data, _, properties = preprocess_array(image, geometry, None, self.plans, self.configuration_name, case_id)

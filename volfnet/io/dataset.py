@@ -1,7 +1,8 @@
 """The nnU-Net v2 raw dataset layout, read as is.
 
 ``DatasetXXX_Name/dataset.json`` names the channels, labels and file ending;
-``imagesTr/{case}_{CCCC}{ending}`` holds one file per channel, ``labelsTr/{case}{ending}`` the
+``imagesTr/{case}_{CCCC}{ending}`` holds one file per channel (a picture may hold several:
+an RGB PNG is three channels), ``labelsTr/{case}{ending}`` the
 label map, and ``imagesTs/`` (optional) unlabelled test images in the same naming.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from volfnet.errors import VolfnetError
 from volfnet.io.files import read_json
-from volfnet.io.image_io import SUPPORTED_ENDINGS
+from volfnet.io.image_io import PICTURE_ENDINGS, SIDECAR_ENDING, SUPPORTED_ENDINGS, TIFF_ENDINGS, file_ending
 
 DATASET_FOLDER_PATTERN = re.compile(r"^Dataset(\d{3})_(.+)$")
 # nnU-Net's image file name: "{case}_{CCCC}" and the file ending, one file per channel
@@ -224,37 +225,82 @@ def parse_channel_file(name_without_ending: str) -> tuple[str, int] | None:
     return (match["case"], int(match["channel"])) if match else None
 
 
+def _misnamed_file_problem(path: Path, ending: str) -> str:
+    """Why a file in an images folder is not a channel file: another image format (one
+    dataset uses one format, so a PNG among NIfTI volumes is an error) or a bad name."""
+    other = file_ending(path)
+    if other in SUPPORTED_ENDINGS and other != ending:
+        return f"{path}: is a {other} file but dataset.json file_ending is {ending}; one dataset uses one image format"
+    return f"{path}: name does not follow {{case}}_{{CCCC}}{ending}"
+
+
+def _is_sidecar(path: Path, ending: str) -> bool:
+    """A TIFF stack's spacing sidecar ``{case}.json`` (see image_io), not an image."""
+    return ending in TIFF_ENDINGS and path.name.endswith(SIDECAR_ENDING)
+
+
+def channel_problems(folder: Path, case_id: str, present: set[int], num_channels: int, ending: str) -> list[str]:
+    """Missing or unexpected channel files of one case. Medical formats hold one channel per
+    file, so every channel needs its file; a picture may hold several (RGB), so its files
+    must be channels 0..n-1 without gaps and may be fewer: reading counts their components."""
+    where = folder / case_id
+    if ending in PICTURE_ENDINGS:
+        files = len(present)
+        gaps = [c for c in range(files) if c not in present]
+        if gaps:
+            return [f"{where}: missing channel file(s) {[f'{c:04d}' for c in gaps]} (files must be numbered 0000 upwards)"]
+        if files > num_channels:
+            return [f"{where}: has {files} channel files but dataset.json names {num_channels} channel(s)"]
+        return []
+    problems = []
+    missing = [c for c in range(num_channels) if c not in present]
+    extra = [c for c in sorted(present) if c >= num_channels]
+    if missing:
+        problems.append(f"{where}: missing channel(s) {[f'{c:04d}' for c in missing]}")
+    if extra:
+        problems.append(f"{where}: unexpected channel(s) {[f'{c:04d}' for c in extra]} (dataset.json has {num_channels})")
+    return problems
+
+
+def _usable_channel_files(files: dict[int, Path], num_channels: int, ending: str, problems: list[str]) -> list[Path] | None:
+    """The files a case is read from, or None when it cannot be read: a volume case needs
+    channels 0..N-1 (extra files are reported but do not stop it), a picture case a clean set."""
+    if ending in PICTURE_ENDINGS:
+        return None if problems else [files[c] for c in sorted(files)]
+    if any(c not in files for c in range(num_channels)):
+        return None
+    return [files[c] for c in range(num_channels)]
+
+
 def list_cases(images_dir: Path, ending: str, num_channels: int, labels_dir: Path | None = None) -> tuple[list[CaseFiles], list[str]]:
     """Group ``images_dir`` files into cases by the ``{case}_{CCCC}{ending}`` naming.
 
     Returns the cases and a list of problems (wrong names, missing channels, missing labels),
-    so callers can report every problem at once.
+    so callers can report every problem at once. For pictures (PNG, BMP, TIFF) a case may
+    have fewer files than channels (an RGB file holds three); see :func:`channel_problems`.
     """
     problems: list[str] = []
     channel_files: dict[str, dict[int, Path]] = {}
     for path in sorted(images_dir.iterdir()) if images_dir.is_dir() else []:
-        if path.name.startswith("."):
+        if path.name.startswith(".") or _is_sidecar(path, ending):
             continue
         parsed = parse_channel_file(path.name[: -len(ending)]) if path.name.endswith(ending) else None
         if parsed is None:
-            problems.append(f"{path}: name does not follow {{case}}_{{CCCC}}{ending}")
+            problems.append(_misnamed_file_problem(path, ending))
             continue
         channel_files.setdefault(parsed[0], {})[parsed[1]] = path
     cases = []
     for case_id, files in sorted(channel_files.items()):
-        missing = [c for c in range(num_channels) if c not in files]
-        extra = [c for c in files if c >= num_channels]
-        if missing:
-            problems.append(f"{images_dir / case_id}: missing channel(s) {[f'{c:04d}' for c in missing]}")
-        if extra:
-            problems.append(f"{images_dir / case_id}: unexpected channel(s) {[f'{c:04d}' for c in extra]} (dataset.json has {num_channels})")
+        case_problems = channel_problems(images_dir, case_id, set(files), num_channels, ending)
+        problems.extend(case_problems)
         label = None
         if labels_dir is not None:
             label = labels_dir / f"{case_id}{ending}"
             if not label.is_file():
                 problems.append(f"{label}: label file missing for case {case_id}")
-        if not missing:
-            cases.append(CaseFiles(case_id, [files[c] for c in range(num_channels)], label))
+        usable = _usable_channel_files(files, num_channels, ending, case_problems)
+        if usable is not None:
+            cases.append(CaseFiles(case_id, usable, label))
     return cases, problems
 
 

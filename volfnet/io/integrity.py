@@ -8,10 +8,13 @@ in one pass. It writes nothing.
 
 What counts as an error and what as a warning:
 
-- errors: layout problems (names, missing channels or labels), ``numTraining`` not matching
-  the cases found, an empty dataset, unreadable or truncated files, images that are not 3D
-  single-component, shape or spacing differing between a case's channels and its label,
-  NaN/inf voxels, label maps with non-integer values or values not declared in dataset.json.
+- errors: layout problems (names, missing channels or labels, another image format than
+  dataset.json's ``file_ending``), ``numTraining`` not matching the cases found, an empty
+  dataset, unreadable or truncated files, images that are neither 3D single-component volumes
+  nor 2D greyscale/RGB pictures (alpha channels are refused), a case whose files do not hold
+  dataset.json's number of channels, 2D pictures mixed with 3D volumes, shape or spacing
+  differing between a case's channels and its label, NaN/inf voxels, label maps with
+  non-integer values, several channels, or values not declared in dataset.json.
 - warnings: origin or direction differing between a case's files. Training pairs voxels by
   index, so such a case still trains correctly; only the world position written with
   predictions can be off, and many real datasets carry harmless float noise in these
@@ -29,9 +32,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from volfnet.errors import DataIntegrityError
+from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import CaseFiles, RawDataset, channel_file_name
-from volfnet.io.image_io import ImageGeometry, geometry_of
+from volfnet.io.image_io import ImageGeometry, channel_count_problem, channels_of, is_picture, png_alpha_problem
 from volfnet.io.nifti_check import nifti_problems, non_finite_counts
 from volfnet.parallel import parallel_map
 
@@ -66,6 +69,7 @@ class CaseCheck:
     label_values: list[int] = field(default_factory=list)
     spacing: list[float] | None = None
     shape: list[int] | None = None
+    picture_2d: bool | None = None  # a 2D picture (no third axis): never mixed with 3D cases
     analysis: Any = None
 
 
@@ -75,7 +79,8 @@ def _last_line(exc: BaseException) -> str:
 
 
 def _read_file(path: Path, problems: list[str]) -> tuple[np.ndarray, ImageGeometry] | None:
-    """Read one file's voxels and geometry, once; check it is 3D with one component.
+    """Read one file's channels (K, Z, Y, X) and geometry, once: a 3D volume with one
+    component, a 2D picture (greyscale or RGB) or a TIFF stack (see ``image_io``).
 
     A header-only read first was measured to add a third to the time on small volumes
     (Hippocampus) while saving nothing on valid files, whose voxels are needed anyway.
@@ -89,23 +94,26 @@ def _read_file(path: Path, problems: list[str]) -> tuple[np.ndarray, ImageGeomet
         return None
     if non_finite:
         problems.append(non_finite)
+    alpha = png_alpha_problem(path)
+    if alpha:
+        problems.append(alpha)
+        return None
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         problems.append(f"{path}: cannot read image (corrupt, truncated or unsupported format: {_last_line(exc)})")
         return None
-    if image.GetDimension() != 3:
+    if image.GetDimension() != 3 and not is_picture(path):
         problems.append(
             f"{path}: is {image.GetDimension()}D with size {list(image.GetSize())}; volfnet expects one 3D file "
             "per channel (volfnet_convert_msd splits MSD 4D images)"
         )
         return None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        problems.append(
-            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; expected 1 (one file per channel)"
-        )
+    try:
+        return channels_of(image, path)
+    except VolfnetError as exc:
+        problems.append(str(exc))
         return None
-    return sitk.GetArrayFromImage(image), geometry_of(image)
 
 
 def _differs(mine: Sequence[float], theirs: Sequence[float]) -> bool:
@@ -178,11 +186,31 @@ def _label_values(path: Path, array: np.ndarray, problems: list[str]) -> list[in
     return integer_values(array)
 
 
+def _check_label_map(path: Path, channels: np.ndarray, allowed_labels: Sequence[int] | None, result: CaseCheck) -> None:
+    """A label map is one channel of whole numbers, each one dataset.json declares."""
+    if channels.shape[0] != 1:
+        result.problems.append(f"{path}: label map holds {channels.shape[0]} channels (RGB); save it as a greyscale picture")
+        return
+    values = _label_values(path, channels[0], result.problems)
+    if values is None:
+        return
+    result.label_values = values
+    if allowed_labels is not None:
+        unknown = sorted(set(values) - set(allowed_labels))
+        if unknown:
+            result.problems.append(f"{path}: label value(s) {unknown} not in dataset.json labels {sorted(allowed_labels)}")
+
+
 def check_case(
-    case: CaseFiles, allowed_labels: Sequence[int] | None = None, strict: bool = False, analyse: CaseAnalysis | None = None
+    case: CaseFiles,
+    allowed_labels: Sequence[int] | None = None,
+    strict: bool = False,
+    analyse: CaseAnalysis | None = None,
+    num_channels: int | None = None,
 ) -> CaseCheck:
-    """Check one case: every file readable, 3D and single-component; channels and label on one
-    grid; no NaN/inf in images; label values integer and in ``allowed_labels``.
+    """Check one case: every file readable (a 3D single-component volume, or a 2D greyscale or
+    RGB picture, or a TIFF stack); channels and label on one grid; the files' channels adding
+    up to ``num_channels``; no NaN/inf in images; label values integer and in ``allowed_labels``.
 
     Each file is read once. Problems are collected, not raised, so the caller can report all
     cases together. ``analyse(case, image, geometry, seg)`` runs on a valid case's arrays
@@ -190,7 +218,8 @@ def check_case(
     ``analysis``: the fingerprint uses it to avoid reading every file a second time.
     """
     result = CaseCheck(case.case_id)
-    arrays: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    seg: np.ndarray | None = None
     files = list(case.images) + ([case.label] if case.label is not None else [])
     reference: tuple[Path, ImageGeometry] | None = None
     for index, path in enumerate(files):
@@ -198,34 +227,31 @@ def check_case(
         loaded = _read_file(Path(path), result.problems)
         if loaded is None:
             continue
-        array, geometry = loaded
+        channels, geometry = loaded
         if reference is None:
             reference = (Path(path), geometry)
             result.spacing, result.shape = geometry.spacing, geometry.shape
+            result.picture_2d = geometry.is_picture_2d
         else:
             hard, soft = compare_geometry(Path(path), geometry, *reference)
             result.problems.extend(hard)
             (result.problems if strict else result.warnings).extend(soft)
-        arrays.append(array)
-        if not is_label:
-            non_finite = _non_finite_problem(Path(path), array)
+        if is_label:
+            _check_label_map(Path(path), channels, allowed_labels, result)
+            seg = channels
+            continue
+        images.append(channels)
+        for channel in channels:
+            non_finite = _non_finite_problem(Path(path), channel)
             if non_finite:
                 result.problems.append(non_finite)
-            continue
-        values = _label_values(Path(path), array, result.problems)
-        if values is None:
-            continue
-        result.label_values = values
-        if allowed_labels is not None:
-            unknown = sorted(set(values) - set(allowed_labels))
-            if unknown:
-                result.problems.append(
-                    f"{path}: label value(s) {unknown} not in dataset.json labels {sorted(allowed_labels)}"
-                )
+                break
+    if num_channels is not None and len(images) == len(case.images):
+        count_problem = channel_count_problem(case.images, [c.shape[0] for c in images], num_channels)
+        if count_problem:
+            result.problems.append(count_problem)
     if analyse is not None and not result.problems and reference is not None:
-        num_images = len(case.images)
-        image = np.stack([a.astype(np.float32, copy=False) for a in arrays[:num_images]])
-        seg = arrays[num_images][None] if len(arrays) > num_images else None
+        image = np.concatenate([c.astype(np.float32, copy=False) for c in images])
         result.analysis = analyse(case, image, reference[1], seg)
     return result
 
@@ -297,6 +323,22 @@ def _orphan_labels(dataset: RawDataset) -> list[str]:
     return orphans
 
 
+def _mixed_dimension_problems(cases: Sequence[CaseFiles], checks: Sequence[CaseCheck]) -> list[str]:
+    """2D pictures and 3D volumes in one dataset (possible with TIFF, which holds both): the
+    planner would plan 3D configurations for 2D cases or the reverse. The minority is named."""
+    kinds = [(case, check.picture_2d) for case, check in zip(cases, checks) if check.picture_2d is not None]
+    pictures = [case for case, is_2d in kinds if is_2d]
+    volumes = [case for case, is_2d in kinds if not is_2d]
+    if not pictures or not volumes:
+        return []
+    minority, kind, majority = (pictures, "a 2D picture", "3D") if len(pictures) <= len(volumes) else (volumes, "a 3D volume", "2D")
+    return [
+        f"{case.images[0]}: is {kind} but most cases of the dataset are {majority}; one dataset holds 2D pictures "
+        "or 3D volumes, not both"
+        for case in minority
+    ]
+
+
 def check_dataset_integrity(
     dataset: RawDataset, num_workers: int = 1, strict: bool = False, analyse_training: CaseAnalysis | None = None
 ) -> IntegrityReport:
@@ -323,17 +365,20 @@ def check_dataset_integrity(
 
     allowed = ds_json.allowed_label_values
     checks = parallel_map(
-        functools.partial(check_case, allowed_labels=allowed, strict=strict, analyse=analyse_training),
+        functools.partial(
+            check_case, allowed_labels=allowed, strict=strict, analyse=analyse_training, num_channels=ds_json.num_channels
+        ),
         [_existing_label(case) for case in training],
         num_workers,
         desc="checking training cases",
     )
     checks_test = parallel_map(
-        functools.partial(check_case, strict=strict), test, num_workers, desc="checking test cases"
+        functools.partial(check_case, strict=strict, num_channels=ds_json.num_channels), test, num_workers, desc="checking test cases"
     )
     for check in checks + checks_test:
         problems.extend(check.problems)
         warnings.extend(check.warnings)
+    problems.extend(_mixed_dimension_problems(training + test, checks + checks_test))
     if problems:
         raise DataIntegrityError(problems, header=f"{dataset.folder}: dataset integrity check failed")
 

@@ -40,8 +40,14 @@ ANISOTROPIC_PLANE_RATIO = 2.0  # coarser-axis ratio above which lowres only coar
 # The 2d configuration is the 3D machinery on patches one slice thick (DESIGN.md): its topology
 # is planned as if axis 0 were this coarse, so every kernel is 1 x k x k and axis 0 is never pooled.
 SLICE_AXIS_SPACING = 999.0
+TWO_D = "2d"  # the configuration's name (nnU-Net's)
 
-CHANNEL_NAME_TO_SCHEME = {"ct": "ct", "nonorm": "none", "none": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1", "rescale_0_1": "rescale_0_1"}
+# Channel names choose the normalisation as in nnU-Net; every other name (MR, T2, and the "R",
+# "G", "B" of nnU-Net's RGB examples) is z-scored, as nnU-Net does.
+CHANNEL_NAME_TO_SCHEME = {
+    "ct": "ct", "nonorm": "none", "none": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1",
+    "rescale_0_1": "rescale_0_1", "rgb_to_0_1": "rgb_to_0_1",
+}
 
 
 @dataclass
@@ -272,6 +278,9 @@ class Planner:
         else:
             spacing = [original_spacing[t] for t in self.transpose]
         normalization = normalization_for_channels(fp, self.dataset_json.channel_names)
+        if self._median_shape(spacing)[0] == 1:
+            configurations = {TWO_D: self.plan_pictures(spacing, normalization)}
+            return self._plans(configurations, original_spacing, transpose_backward)
 
         fullres = self.plan_configuration("3d_fullres", spacing, normalization, batch_dice=False)
         configurations = {"3d_fullres": fullres}
@@ -293,10 +302,44 @@ class Planner:
                 else:
                     logger.info("3d_lowres dropped: it would shrink the median image less than %.0fx", MIN_LOWRES_SHRINK)
 
-        wants_2d = self.options.plan_2d and self.options.network == "fmunet" and self.options.topology is None and self.options.patch_size is None
-        if wants_2d:
-            configurations["2d"] = self.plan_2d(fullres)
-        median_shape = [int(v) for v in np.median(np.asarray(fp.shapes_after_crop), axis=0)]
+        if self._wants_2d():
+            configurations[TWO_D] = self.plan_2d(fullres)
+        return self._plans(configurations, original_spacing, transpose_backward)
+
+    def _wants_2d(self) -> bool:
+        """The 2d configuration is FMUNet's, planned from the fingerprint (not with a fixed
+        network or patch), unless switched off."""
+        options = self.options
+        return options.plan_2d and options.network == "fmunet" and options.topology is None and options.patch_size is None
+
+    def plan_pictures(self, spacing: list[float], normalization: list[ChannelNormalization]) -> ConfigurationPlan:
+        """The one configuration of a 2D dataset (median shape ``[1, Y, X]``: PNG, BMP, 2D TIFF
+        or single-slice volumes). As nnU-Net, no 3D configuration is planned: a 3d_fullres of
+        one-slice patches would be the 2d network again under another name, trained without
+        the 2d settings (batch Dice, in-plane augmentation), and 3d_lowres has nothing to
+        shrink along the missing axis. It is cached under its own name, ``2d``. A given patch or
+        ``plan_2d=False`` still gives a ``2d`` entry, planned as given; PCT-Net and fitting a
+        checkpoint are refused (both are 3D networks here)."""
+        if self.options.network != "fmunet":
+            raise VolfnetError(
+                f"{self.dataset_name}: is a 2D dataset (median shape [1, Y, X]); PCT-Net is a 3D network (cubic Swin "
+                "windows, a fixed 3D input), so plan it with FMUNet (leave out --network)"
+            )
+        if self.options.topology is not None:
+            raise VolfnetError(
+                f"{self.dataset_name}: is a 2D dataset (median shape [1, Y, X]), and planning to fit a checkpoint's "
+                "network (--pretrained) plans 3d_fullres only; plan without --pretrained and fine-tune the 2d "
+                "configuration with volfnet_train --pretrained from a `volfnet_pretrain -c 2d` run"
+            )
+        base = self.plan_configuration(TWO_D, spacing, normalization, batch_dice=True)
+        if self._wants_2d():
+            return self.plan_2d(base)
+        two_d = dataclasses.replace(base, mirror_axes=[1, 2], dummy_2d_augmentation=True)
+        two_d.check()
+        return two_d
+
+    def _plans(self, configurations: dict[str, ConfigurationPlan], original_spacing: list[float], transpose_backward: list[int]) -> Plans:
+        median_shape = [int(v) for v in np.median(np.asarray(self.fingerprint.shapes_after_crop), axis=0)]
         return Plans(
             dataset_name=self.dataset_name,
             compute_target=self.target.name,

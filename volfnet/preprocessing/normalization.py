@@ -8,16 +8,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from volfnet.errors import VolfnetError
 from volfnet.plans import ChannelNormalization
 
 EPSILON = 1e-8  # guards the division for constant images
+RGB_MAX = 255.0  # 8-bit colour: rgb_to_0_1 divides by it (nnU-Net's RGBTo0_1Normalization)
 
 
-def normalize_channel(channel: np.ndarray, spec: ChannelNormalization, mask: np.ndarray | None) -> np.ndarray:
-    """Normalise one (Z, Y, X) float32 channel; ``mask`` marks voxels inside the nonzero crop."""
+def rgb_to_0_1(channel: np.ndarray, source: str = "image") -> np.ndarray:
+    """8-bit colour values divided by 255, so every channel of an RGB picture keeps its
+    relation to the others (per-channel z-scoring would shift the colours apart). Values
+    outside 0..255 mean the data is not 8-bit, and are refused as nnU-Net refuses them."""
+    low, high = float(channel.min()), float(channel.max())
+    if low < 0 or high > RGB_MAX:
+        raise VolfnetError(
+            f"{source}: rgb_to_0_1 normalisation expects 8-bit values 0..255 but the channel spans {low:g}..{high:g}; "
+            "name the channel 'rescale_to_0_1' or 'zscore' in dataset.json channel_names instead"
+        )
+    channel /= np.float32(RGB_MAX)
+    return channel
+
+
+def normalize_channel(channel: np.ndarray, spec: ChannelNormalization, mask: np.ndarray | None, source: str = "image") -> np.ndarray:
+    """Normalise one (Z, Y, X) float32 channel; ``mask`` marks voxels inside the nonzero crop;
+    ``source`` names the data in error messages."""
     channel = channel.astype(np.float32, copy=True)
     if spec.scheme == "none":
         return channel
+    if spec.scheme == "rgb_to_0_1":
+        return rgb_to_0_1(channel, source)
     if spec.scheme == "ct":
         np.clip(channel, spec.clip_lower, spec.clip_upper, out=channel)
         channel -= np.float32(spec.mean)
@@ -41,9 +60,10 @@ def normalize_channel(channel: np.ndarray, spec: ChannelNormalization, mask: np.
     return channel
 
 
-def normalize_image(image: np.ndarray, specs: list[ChannelNormalization], seg: np.ndarray | None) -> np.ndarray:
-    """Normalise every channel of a (C, Z, Y, X) image; ``seg`` (1, Z, Y, X) gives the mask (seg >= 0)."""
+def normalize_image(image: np.ndarray, specs: list[ChannelNormalization], seg: np.ndarray | None, source: str = "image") -> np.ndarray:
+    """Normalise every channel of a (C, Z, Y, X) image; ``seg`` (1, Z, Y, X) gives the mask
+    (seg >= 0); ``source`` names the data in error messages."""
     if len(specs) != image.shape[0]:
         raise ValueError(f"{len(specs)} normalisation specs for {image.shape[0]} channels")
     mask = seg[0] >= 0 if seg is not None else None
-    return np.stack([normalize_channel(image[c], specs[c], mask) for c in range(image.shape[0])])
+    return np.stack([normalize_channel(image[c], specs[c], mask, f"{source} channel {c}") for c in range(image.shape[0])])

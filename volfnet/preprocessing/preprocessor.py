@@ -81,7 +81,7 @@ def preprocess_array(
 
     image, seg, box = crop_to_nonzero(image, seg)
     shape_after_crop = list(image.shape[1:])
-    image = normalize_image(image, configuration.normalization, seg)
+    image = normalize_image(image, configuration.normalization, seg, source=", ".join(source_files or []) or f"case {case_id}")
 
     target_spacing = configuration.spacing
     new_shape = new_shape_for_spacing(shape_after_crop, spacing, target_spacing)
@@ -108,9 +108,10 @@ def preprocess_array(
     return image.astype(np.float32, copy=False), seg.astype(seg_dtype(max_label)), properties
 
 
-def read_raw_case(case: CaseFiles) -> tuple[np.ndarray, ImageGeometry, np.ndarray | None]:
-    """Read a case's channels and (if any) label, checking that the label's grid matches."""
-    image, geometry = read_case(case.images)
+def read_raw_case(case: CaseFiles, num_channels: int | None = None) -> tuple[np.ndarray, ImageGeometry, np.ndarray | None]:
+    """Read a case's channels (``num_channels`` of them when given) and (if any) label,
+    checking that the label's grid matches."""
+    image, geometry = read_case(case.images, num_channels)
     seg = None
     if case.label is not None:
         label, label_geometry = read_segmentation(case.label)
@@ -124,7 +125,7 @@ def read_raw_case(case: CaseFiles) -> tuple[np.ndarray, ImageGeometry, np.ndarra
 def preprocess_case_files(case: CaseFiles, plans: Plans, configuration_name: str, output_folder: Path, foreground_labels: list[int]) -> float:
     """Read, preprocess and save one case; returns the seconds it took (runs in workers)."""
     start = time.perf_counter()
-    image, geometry, seg = read_raw_case(case)
+    image, geometry, seg = read_raw_case(case, plans.num_input_channels)
     files = [str(p) for p in case.images] + ([str(case.label)] if case.label else [])
     data, seg_out, properties = preprocess_array(
         image, geometry, seg, plans, configuration_name, case.case_id, foreground_labels if seg is not None else None, files
