@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import make_raw_dataset
+from helpers.raw_data import make_raw_dataset
 
 from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.cli.predict import main as predict_main

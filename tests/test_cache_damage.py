@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from training_helpers import plan_tiny_dataset
+from helpers.training import plan_tiny_dataset
 
 from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.cli.train import main as train_main

@@ -129,7 +129,7 @@ def test_fine_tuning_reads_pretrained_weights_through_the_verified_loader(tmp_pa
     """``volfnet_train --pretrained`` (load_initial_weights) verifies the checksum and the
     finiteness of the pretrained file like every other load: a damaged file is refused before
     a single weight is copied into the network."""
-    from training_helpers import tiny_plans
+    from helpers.training import tiny_plans
 
     from volfnet.networks.build import build_network_from_topology
     from volfnet.training.initial_weights import load_initial_weights

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.images import put_nan, rewrite
+from helpers.model_folder import DATASET_NAME, NUM_CLASSES, model_environment
 
-from test_inference_predictor import DATASET_NAME, NUM_CLASSES, model_environment, put_nan, rewrite
 from volfnet.cli import predict as cli
 from volfnet.errors import VolfnetError
 from volfnet.inference.export import load_probabilities

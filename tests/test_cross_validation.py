@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_inference_predictor import CONFIGURATION, DATASET_ID, model_environment
+from helpers.model_folder import CONFIGURATION, DATASET_ID, model_environment
 
 from volfnet.cli.cv_summary import main as cv_main
 from volfnet.cli.train import main as train_main

@@ -6,7 +6,7 @@ with a multi-fold model.
 
 Every test needs a CUDA GPU and is skipped without one; ``benchmarks/gpu/check.sh`` runs them
 (``pytest -m cuda``) with the rest of the GPU check. The set-ups are the tiny ones of the CPU
-tests (``training_helpers``, the predictor's model folder, the launchers' planned dataset), so
+tests (``helpers.training``, ``helpers.model_folder``, ``helpers.commands``), so
 the whole file takes a minute or two on one GPU (``torch.compile`` is most of it).
 """
 
@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_inference_predictor import model_environment
-from test_training_launchers import TINY_TRAINING, model_folder, plan_dataset, run_bounded
-from test_training_loop import Interrupted, InterruptingTask
-from training_helpers import PatchOnlyTask, blob_task, fast_config, make_blob_dataset
+from helpers.commands import TINY_TRAINING, model_folder, plan_dataset, run_bounded
+from helpers.model_folder import model_environment
+from helpers.training import Interrupted, InterruptingTask, PatchOnlyTask, blob_task, fast_config, make_blob_dataset
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.inference.predictor import Predictor

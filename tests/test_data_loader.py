@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_data_dataset import make_blob_cases
-from test_data_worker import FailingProducer
+from helpers.cached_cases import make_blob_cases
+from helpers.workers import FailingProducer
 
 from volfnet.data.batches import BatchProducer, training_producer, validation_producer
 from volfnet.data.loader import BatchLoader, WorkerError, default_num_workers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_data_dataset import make_case
+from helpers.cached_cases import make_case
 
 from volfnet.data.cached_dataset import CachedDataset
 from volfnet.data.patch_sampler import (

@@ -6,17 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from helpers.images import read_image
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.cli import demo as cli
 from volfnet.demo.pipeline import DEMO_DATASET_NAME
 from volfnet.demo.synthetic import HU, LABELS, DemoDatasetSizes, write_demo_dataset
-
-
-def read(path):
-    image = sitk.ReadImage(str(path))
-    return image, sitk.GetArrayFromImage(image)
 
 
 def test_synthetic_dataset_is_a_valid_raw_dataset_with_plausible_ct(tmp_path):
@@ -29,8 +24,8 @@ def test_synthetic_dataset_is_a_valid_raw_dataset_with_plausible_ct(tmp_path):
     spacings = set()
     for label_file in sorted((folder / "labelsTr").iterdir()):
         case = label_file.name.removesuffix(".nii.gz")
-        image, values = read(folder / "imagesTr" / f"{case}_0000.nii.gz")
-        label, classes = read(label_file)
+        values, image = read_image(folder / "imagesTr" / f"{case}_0000.nii.gz")
+        classes, label = read_image(label_file)
         assert image.GetSize() == label.GetSize() and image.GetSpacing() == label.GetSpacing()
         assert image.GetOrigin() == label.GetOrigin()
         spacings.add(image.GetSpacing())
@@ -46,7 +41,7 @@ def test_same_seed_same_scans_and_a_complete_dataset_is_kept(tmp_path):
     sizes = DemoDatasetSizes(train=1, test=0, unlabelled=0)
     first = write_demo_dataset(tmp_path / "a", sizes, seed=5)
     second = write_demo_dataset(tmp_path / "b", sizes, seed=5)
-    np.testing.assert_array_equal(read(first / "imagesTr" / "demo_000_0000.nii.gz")[1], read(second / "imagesTr" / "demo_000_0000.nii.gz")[1])
+    np.testing.assert_array_equal(read_image(first / "imagesTr" / "demo_000_0000.nii.gz")[0], read_image(second / "imagesTr" / "demo_000_0000.nii.gz")[0])
     before = (first / "imagesTr" / "demo_000_0000.nii.gz").stat().st_mtime_ns
     write_demo_dataset(first, DemoDatasetSizes(train=2, test=0, unlabelled=0), seed=6)
     assert (first / "imagesTr" / "demo_000_0000.nii.gz").stat().st_mtime_ns == before
@@ -73,8 +68,8 @@ def test_demo_runs_every_stage_and_prints_the_table(roots, capsys):
         summary = json.loads((model / "demo_predictions" / "summary.json").read_text())
         assert summary["num_cases"] == 1
         assert float(row[1]) == pytest.approx(summary["mean"]["1"]["Dice"], abs=5e-4), (model, row, out)
-        prediction, _ = read(model / "demo_predictions" / "demo_003.nii.gz")
-        reference, _ = read(roots["raw"] / DEMO_DATASET_NAME / "labelsTs" / "demo_003.nii.gz")
+        _, prediction = read_image(model / "demo_predictions" / "demo_003.nii.gz")
+        _, reference = read_image(roots["raw"] / DEMO_DATASET_NAME / "labelsTs" / "demo_003.nii.gz")
         assert prediction.GetSize() == reference.GetSize() and prediction.GetOrigin() == reference.GetOrigin()
     # A rerun finds every stage done and only reprints the results.
     stamp = (pretrained / "fold_all" / "checkpoint_final.pt").stat().st_mtime_ns

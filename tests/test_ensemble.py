@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_inference_predictor import assert_same_geometry, model_environment
+from helpers.images import assert_same_geometry, read_image
+from helpers.model_folder import model_environment
 
 from volfnet.cli.apply_postprocessing import main as apply_main
 from volfnet.cli.ensemble import main as ensemble_main
@@ -38,11 +39,6 @@ def write_folder(folder: Path, probabilities: dict[str, np.ndarray], ending: str
         write_prediction(ExportedPrediction(segmentation, probs), GEOMETRY, folder / f"{case}{ending}")
 
 
-def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), image
-
-
 @pytest.fixture
 def two_folders(tmp_path):
     rng = np.random.default_rng(0)
@@ -61,12 +57,12 @@ def test_ensemble_is_the_argmax_of_the_mean_probabilities(two_folders, capsys):
     assert "2 case(s) ensembled from 2 folders" in capsys.readouterr().out
     for case in first:
         mean = (first[case] + second[case]) / 2
-        labels, image = read(out / f"{case}.nii.gz")
+        labels, image = read_image(out / f"{case}.nii.gz")
         np.testing.assert_array_equal(labels, mean.argmax(axis=0))
         assert labels.dtype == np.uint8
         # the two folders disagree somewhere, so the ensemble is not just one of them
         assert (first[case].argmax(0) != second[case].argmax(0)).any()
-        assert_same_geometry(image, read(base / "A" / f"{case}.nii.gz")[1])
+        assert_same_geometry(image, read_image(base / "A" / f"{case}.nii.gz")[1])
         assert image.GetSpacing() == pytest.approx(tuple(reversed(GEOMETRY.spacing)))
         assert image.GetOrigin() == pytest.approx(tuple(GEOMETRY.origin))
         np.testing.assert_allclose(load_probabilities(out / f"{case}.npz"), mean, rtol=1e-6, atol=1e-7)
@@ -81,9 +77,9 @@ def test_geometry_and_format_come_from_the_first_folder(tmp_path):
     write_folder(tmp_path / "A", probs, ending=".nrrd")
     write_folder(tmp_path / "B", probs, ending=".nii.gz")
     assert ensemble_main(["-i", str(tmp_path / "A"), str(tmp_path / "B"), "-o", str(tmp_path / "OUT"), "-np", "2"]) == 0
-    labels, image = read(tmp_path / "OUT" / "c.nrrd")
+    labels, image = read_image(tmp_path / "OUT" / "c.nrrd")
     np.testing.assert_array_equal(labels, probs["c"].argmax(0))
-    assert_same_geometry(image, read(tmp_path / "A" / "c.nrrd")[1])
+    assert_same_geometry(image, read_image(tmp_path / "A" / "c.nrrd")[1])
 
 
 def test_region_probabilities_are_thresholded_in_regions_class_order(tmp_path, capsys):
@@ -108,7 +104,7 @@ def test_region_probabilities_are_thresholded_in_regions_class_order(tmp_path, c
     expected = np.zeros(GEOMETRY.shape, np.uint8)
     expected[mean[0] > 0.5] = 1
     expected[mean[1] > 0.5] = 2
-    labels, _ = read(out / "r.nii.gz")
+    labels, _ = read_image(out / "r.nii.gz")
     np.testing.assert_array_equal(labels, expected)
     assert set(np.unique(labels)) == {0, 1, 2}
 
@@ -174,7 +170,7 @@ def test_ensemble_of_two_predicted_folds(tmp_path):
         assert ensemble_main(["-i", str(tmp_path / "fold0"), str(tmp_path / "fold1"), "-o", str(out), "--dataset-json",
                               str(setup.model_folder / "dataset.json")]) == 0
         p0, p1 = (load_probabilities(tmp_path / f"fold{f}" / "case_000.npz") for f in (0, 1))
-        labels, image = read(out / "case_000.nii.gz")
+        labels, image = read_image(out / "case_000.nii.gz")
         np.testing.assert_array_equal(labels, ((p0 + p1) / 2).argmax(axis=0))
         assert_same_geometry(image, sitk.ReadImage(str(setup.input_folder / "case_000_0000.nii.gz")))
 
@@ -197,14 +193,14 @@ def test_apply_postprocessing_removes_a_small_extra_component_and_keeps_geometry
     assert apply_main(["-i", str(inputs), "-o", str(out), "-pp", str(pp), "-np", "1"]) == 0
     assert "2 label map(s) post-processed" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["case_a.nii.gz", "case_b.nrrd"]  # no .npz copied
-    result, image = read(out / "case_a.nii.gz")
+    result, image = read_image(out / "case_a.nii.gz")
     expected = seg.copy()
     expected[5, 6, 4] = 0
     np.testing.assert_array_equal(result, expected)
     assert result.dtype == np.uint8
-    assert_same_geometry(image, read(inputs / "case_a.nii.gz")[1])
+    assert_same_geometry(image, read_image(inputs / "case_a.nii.gz")[1])
     assert image.GetDirection() == pytest.approx(tuple(GEOMETRY.direction))
-    np.testing.assert_array_equal(read(out / "case_b.nrrd")[0], other)  # one component: unchanged
+    np.testing.assert_array_equal(read_image(out / "case_b.nrrd")[0], other)  # one component: unchanged
 
     # per-label: label 2 keeps its largest component only
     seg2 = seg.copy()
@@ -212,7 +208,7 @@ def test_apply_postprocessing_removes_a_small_extra_component_and_keeps_geometry
     write_prediction(ExportedPrediction(seg2), GEOMETRY, tmp_path / "IN2" / "c.nii.gz")
     pp2 = save_postprocessing(PostprocessingDecision(per_label=[2]), tmp_path / "pp2.json")
     assert apply_main(["-i", str(tmp_path / "IN2"), "-o", str(tmp_path / "OUT2"), "-pp", str(pp2), "-np", "1"]) == 0
-    result2, _ = read(tmp_path / "OUT2" / "c.nii.gz")
+    result2, _ = read_image(tmp_path / "OUT2" / "c.nii.gz")
     np.testing.assert_array_equal(result2, seg)
 
 

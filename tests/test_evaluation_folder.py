@@ -9,7 +9,8 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, make_raw_dataset, write_volume
+from helpers.images import write_volume
+from helpers.raw_data import SHARED_DATA, make_raw_dataset
 
 from volfnet.cli import evaluate as cli
 from volfnet.errors import VolfnetError

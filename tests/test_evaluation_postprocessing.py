@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_volume
+from helpers.images import write_volume
 
 from volfnet.errors import VolfnetError
 from volfnet.evaluation.postprocessing import (

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_inference_predictor import CONFIGURATION, DATASET_ID, model_environment
+from helpers.model_folder import CONFIGURATION, DATASET_ID, model_environment
 
 from volfnet.checkpoint import load_checkpoint, save_checkpoint
 from volfnet.cli.find_best_configuration import main as find_best_main

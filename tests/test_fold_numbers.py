@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from training_helpers import plan_tiny_dataset
+from helpers.training import plan_tiny_dataset
 
 from volfnet.cli.predict import main as predict_main
 from volfnet.cli.train import main as train_main

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import make_raw_dataset, write_volume
+from helpers.images import write_volume
+from helpers.raw_data import make_raw_dataset
 
 from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.cli.train import main as train_main

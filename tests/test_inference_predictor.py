@@ -2,111 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers.images import assert_same_geometry, put_nan, read_image, rewrite, write_volume
+from helpers.model_folder import CASE_SPACINGS, CONFIGURATION, DATASET_NAME, FOLDS, NUM_CLASSES, PATCH, SHAPE, model_environment
 from scipy import ndimage
 from torch import nn
 
-from conftest import make_raw_dataset, write_volume
 from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.evaluation.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision, save_postprocessing
 from volfnet.inference.inputs import find_input_cases, single_file_case
 from volfnet.inference.predictor import Predictor
 from volfnet.inference.sliding_window import tile_starts
-from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import read_case
-from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, write_model_folder_files
+from volfnet.model_folder import checkpoint_path, fold_folder, write_model_folder_files
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.pctnet import published_pctnet_topology
-from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
-from volfnet.planning.planner import PlannerOptions
-from volfnet.plans import Plans, apply_override
+from volfnet.plans import apply_override
 from volfnet.preprocessing.case_store import load_case
 
-DATASET_ID = 4
-DATASET_NAME = "Dataset004_Hippocampus"
-CONFIGURATION = "3d_fullres"
-NUM_CLASSES = 3
-# A tiny FMUNet: 3 levels, widths 4/8/16, one residual unit per block, in-plane first stride.
-TINY_NETWORK = {
-    "name": "fmunet", "feature_channels": [4, 8, 16], "strides": [[1, 2, 2], [2, 2, 2]],
-    "kernel_sizes": [[3, 3, 3]] * 3, "dropout": [0.0, 0.0, 0.0], "depth": 1,
-}
-PATCH = [8, 16, 16]  # after the transpose; larger than the images' first axis, so tiles are padded
-SHAPE = (18, 20, 8)  # (z, y, x) as written: x is the thick axis and is transposed to the front
-CASE_SPACINGS = [(1.0, 1.0, 3.0), (1.2, 1.0, 3.0), (0.9, 1.1, 3.0)]  # two cases are resampled
-FOLDS = (0, 1)
 ROTATION = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 SHIFTED_ORIGIN = (-20.0, 33.5, 4.0)
-
-
-@dataclass
-class ModelSetup:
-    roots: dict[str, Path]
-    raw_folder: Path
-    preprocessed_folder: Path
-    model_folder: Path
-    plans: Plans
-    dataset_json: DatasetJson
-    input_folder: Path  # one case, case_000_0000.nii.gz, as in imagesTr
-
-
-def build_model_folder(base: Path) -> ModelSetup:
-    """Plan and preprocess a tiny dataset, then save two folds of a tiny FMUNet as a trained model folder."""
-    roots = {name: base / name for name in ("raw", "preprocessed", "results")}
-    for path in roots.values():
-        path.mkdir(parents=True)
-    raw = make_raw_dataset(roots["raw"], dataset_id=DATASET_ID, name="Hippocampus", num_cases=3, shape=SHAPE, spacing_per_case=CASE_SPACINGS)
-    result = plan_and_preprocess(PlanAndPreprocessRequest(
-        dataset=str(DATASET_ID), options=PlannerOptions(compute_target="cpu"), num_workers=1, progress=False,
-        overrides=[f"{CONFIGURATION}.patch_size={json.dumps(PATCH)}", f"{CONFIGURATION}.network={json.dumps(TINY_NETWORK)}"],
-    ))
-    plans = result.plans
-    configuration = plans.configuration(CONFIGURATION)
-    dataset_json = DatasetJson.load(result.output_folder / "dataset.json")
-    folder = model_folder_path(DATASET_NAME, TINY_NETWORK["name"], CONFIGURATION, roots["results"])
-    write_model_folder_files(folder, plans, result.output_folder / "dataset.json")
-    spec = CheckpointSpec(
-        kind="segmentation", network=configuration.network, num_input_channels=1, num_classes=NUM_CLASSES,
-        patch_size=configuration.patch_size, spacing=configuration.spacing, normalization=configuration.normalization,
-        transpose_forward=plans.transpose_forward, dataset_name=DATASET_NAME, configuration=CONFIGURATION,
-        labels=dataset_json.labels,
-    )
-    for fold in FOLDS:
-        torch.manual_seed(fold)
-        network = build_network_from_topology(configuration.network, 1, NUM_CLASSES, deep_supervision=True)
-        state = {"model_state_dict": network.state_dict(), "spec": spec.to_dict(), "epoch": 3}
-        save_checkpoint(checkpoint_path(fold_folder(folder, fold), "final"), state)
-        shutil.copyfile(checkpoint_path(fold_folder(folder, fold), "final"), checkpoint_path(fold_folder(folder, fold), "best"))
-    input_folder = base / "input"
-    input_folder.mkdir()
-    shutil.copyfile(raw / "imagesTr" / "case_000_0000.nii.gz", input_folder / "case_000_0000.nii.gz")
-    return ModelSetup(roots, raw, result.output_folder / configuration.data_identifier, folder, plans, dataset_json, input_folder)
-
-
-@contextlib.contextmanager
-def model_environment(base: Path) -> Iterator[ModelSetup]:
-    """The VOLFNET_* roots under ``base`` with a built model folder; one torch thread (shared CPUs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            for name, env in (("raw", "VOLFNET_raw"), ("preprocessed", "VOLFNET_preprocessed"), ("results", "VOLFNET_results")):
-                patch.setenv(env, str(base / name))
-            yield build_model_folder(base)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -119,34 +43,6 @@ def setup(tmp_path_factory):
 def predictor(setup):
     """Both folds, without mirroring (the mirroring test counts passes on its own network)."""
     return Predictor.from_model_folder(setup.model_folder, device="cpu", use_mirroring=False, num_workers=0, progress=False)
-
-
-def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), image
-
-
-def assert_same_geometry(a: sitk.Image, b: sitk.Image) -> None:
-    assert a.GetSize() == b.GetSize()
-    assert a.GetSpacing() == pytest.approx(b.GetSpacing())
-    assert a.GetOrigin() == pytest.approx(b.GetOrigin())
-    assert a.GetDirection() == pytest.approx(b.GetDirection())
-
-
-def rewrite(source: Path, target: Path, origin=None, direction=None, change=None) -> None:
-    """Copy an image file, optionally with another origin/direction or modified voxels."""
-    image = sitk.ReadImage(str(source))
-    array = sitk.GetArrayFromImage(image)
-    if change is not None:
-        change(array)
-    out = sitk.GetImageFromArray(array)
-    out.CopyInformation(image)
-    if origin is not None:
-        out.SetOrigin(origin)
-    if direction is not None:
-        out.SetDirection(direction)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(out, str(target))
 
 
 class Pointwise(nn.Module):
@@ -207,8 +103,8 @@ def test_output_geometry_is_the_input_geometry_and_direction_does_not_change_the
     rewrite(source, images / "rotated_0000.nii.gz", origin=SHIFTED_ORIGIN, direction=ROTATION)
     summary = predictor.predict_folder(images, tmp_path / "out")
     assert summary.predicted == ["plain", "rotated"] and summary.skipped == []
-    plain, plain_image = read(tmp_path / "out" / "plain.nii.gz")
-    rotated, rotated_image = read(tmp_path / "out" / "rotated.nii.gz")
+    plain, plain_image = read_image(tmp_path / "out" / "plain.nii.gz")
+    rotated, rotated_image = read_image(tmp_path / "out" / "rotated.nii.gz")
     assert_same_geometry(plain_image, sitk.ReadImage(str(images / "plain_0000.nii.gz")))
     assert_same_geometry(rotated_image, sitk.ReadImage(str(images / "rotated_0000.nii.gz")))
     assert rotated_image.GetDirection() == pytest.approx(ROTATION)
@@ -226,21 +122,21 @@ def test_raw_images_and_the_preprocessing_cache_give_the_same_prediction(setup, 
     cached = predictor.predict_cached_cases(setup.preprocessed_folder, ["case_001", "case_002"], tmp_path / "from_cache")
     assert cached.predicted == ["case_001", "case_002"]
     for case in ("case_001", "case_002"):
-        from_raw, _ = read(tmp_path / "from_raw" / f"{case}.nii.gz")
-        from_cache, cache_image = read(tmp_path / "from_cache" / f"{case}.nii.gz")
+        from_raw, _ = read_image(tmp_path / "from_raw" / f"{case}.nii.gz")
+        from_cache, cache_image = read_image(tmp_path / "from_cache" / f"{case}.nii.gz")
         np.testing.assert_array_equal(from_raw, from_cache)
         assert_same_geometry(cache_image, sitk.ReadImage(str(setup.raw_folder / "labelsTr" / f"{case}.nii.gz")))
 
 
 def test_predict_array_predict_files_and_a_single_file_input_agree(setup, predictor, tmp_path):
     source = setup.raw_folder / "imagesTr" / "case_002_0000.nii.gz"
-    array, _ = read(source)
+    array, _ = read_image(source)
     data, geometry = read_case([source])
     in_memory = predictor.predict_array(data, geometry, "case_002", with_probabilities=True)
     from_files = predictor.predict_files([source], tmp_path / "files" / "case_002.nii.gz", save_probabilities=True)
     single = predictor.predict(source, tmp_path / "single")
     assert single.predicted == ["case_002"]  # named after the file without _0000
-    written, _ = read(tmp_path / "single" / "case_002.nii.gz")
+    written, _ = read_image(tmp_path / "single" / "case_002.nii.gz")
     np.testing.assert_array_equal(in_memory.segmentation, from_files.segmentation)
     np.testing.assert_array_equal(in_memory.segmentation, written)
     np.testing.assert_array_equal(in_memory.probabilities, from_files.probabilities)
@@ -260,7 +156,7 @@ def test_background_preprocessing_gives_the_same_outputs(setup, predictor, tmp_p
     finally:
         predictor.num_workers = 0
     for case in ("case_000", "case_001", "case_002"):
-        np.testing.assert_array_equal(read(tmp_path / "inline" / f"{case}.nii.gz")[0], read(tmp_path / "workers" / f"{case}.nii.gz")[0])
+        np.testing.assert_array_equal(read_image(tmp_path / "inline" / f"{case}.nii.gz")[0], read_image(tmp_path / "workers" / f"{case}.nii.gz")[0])
 
 
 def test_mirroring_runs_every_flip_and_disabling_it_runs_one_pass(setup):
@@ -306,7 +202,7 @@ def test_postprocessing_json_is_loaded_and_keeps_the_largest_component(setup, tm
         predictor = Predictor([Threshold()], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu",
                               postprocessing=postprocessing, num_workers=0, progress=False)
         predictor.predict_folder(tmp_path / "in", tmp_path / name)
-        outputs[name], _ = read(tmp_path / name / "blobs.nii.gz")
+        outputs[name], _ = read_image(tmp_path / name / "blobs.nii.gz")
     structure = np.ones((3, 3, 3))
     assert ndimage.label(outputs["raw"] == 1, structure)[1] == 2
     assert ndimage.label(outputs["post"] == 1, structure)[1] == 1
@@ -317,10 +213,6 @@ def test_postprocessing_json_is_loaded_and_keeps_the_largest_component(setup, tm
     save_postprocessing(decision, copy / POSTPROCESSING_FILE)
     loaded = Predictor.from_model_folder(copy, folds=[0], device="cpu", progress=False)
     assert loaded.postprocessing.foreground_largest_component is True and loaded.postprocessing.per_label == []
-
-
-def put_nan(array: np.ndarray) -> None:
-    array[5, 5, 5] = np.nan
 
 
 def test_a_bad_case_does_not_stop_the_others_and_skip_existing_resumes(setup, predictor, tmp_path):
@@ -356,7 +248,7 @@ def test_pctnet_model_folder_predicts_with_its_fixed_input_size(setup, tmp_path)
     assert data.shape[1] < PATCH[0] and data.shape[3] > PATCH[2]  # padded along z, tiled along x
     summary = predictor.predict_folder(setup.input_folder, tmp_path / "out")
     assert summary.predicted == ["case_000"]
-    label, image = read(tmp_path / "out" / "case_000.nii.gz")
+    label, image = read_image(tmp_path / "out" / "case_000.nii.gz")
     assert_same_geometry(image, sitk.ReadImage(str(setup.input_folder / "case_000_0000.nii.gz")))
     assert label.shape == SHAPE and set(np.unique(label)) <= {0, 1, 2}
 

@@ -7,8 +7,8 @@ import gzip
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.images import write_volume
 
-from conftest import write_volume
 from volfnet.errors import VolfnetError
 from volfnet.io.image_io import (
     ImageGeometry,

@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.images import write_volume
+from helpers.raw_data import make_raw_dataset
 
-from conftest import make_raw_dataset, write_volume
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import RawDataset
 from volfnet.io.integrity import check_dataset_integrity, integer_values

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.images import write_volume
+from helpers.raw_data import SHARED_DATA
 
-from conftest import SHARED_DATA, write_volume
 from volfnet.cli._common import run_cli
 from volfnet.cli.convert_msd import main
 from volfnet.errors import DataIntegrityError, VolfnetError

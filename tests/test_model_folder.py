@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_planner import fingerprint, plan
+from helpers.planning import fingerprint, plan
 
 from volfnet.errors import VolfnetError
 from volfnet.model_folder import (

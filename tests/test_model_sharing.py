@@ -11,7 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_inference_predictor import DATASET_NAME, model_environment
+from helpers.model_folder import DATASET_NAME, model_environment
 
 from volfnet import __version__
 from volfnet.cli.export_model import main as export_main

@@ -4,63 +4,18 @@ topologies, deep supervision and topology validation."""
 
 from __future__ import annotations
 
-import json
-import math
 
 import pytest
 import torch
+from helpers.fmunet_reference import output_summary, reference_input, reference_model
+from helpers.specs import released_layout, state_dict_layout
 
 from volfnet.errors import VolfnetError
 from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
 from volfnet.plans import NetworkTopology
 
-from conftest import SHARED_DATA
-
-SPECS = SHARED_DATA.parent / "specs"
-
-REFERENCE_CHANNELS = (4, 8, 16, 32, 64)
-REFERENCE_INPUT_SHAPE = (1, 1, 16, 32, 32)
-REFERENCE_SAMPLE_INDICES = (0, 1234, 4321, 9999, 17000, 25000, 40000)
-
-
-def seeded_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Deterministic, non-trivial weights in state-dict order (norm scales near 1, He-scaled
-    convolutions, small biases), so a reference output can be reproduced anywhere."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        noise = torch.randn(tensor.shape, generator=generator)
-        if tensor.dim() > 1:
-            state[name] = noise * math.sqrt(2.0 / (tensor[0].numel()))
-        elif name.endswith(".0.weight"):
-            state[name] = 1.0 + 0.1 * noise
-        else:
-            state[name] = 0.1 * noise
-    return state
-
-
-def reference_input(seed: int = 1) -> torch.Tensor:
-    return torch.randn(REFERENCE_INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
-
-
-def reference_model(res_mode: int) -> FMUNet:
-    model = FMUNet.from_topology(published_fmunet_topology(res_mode, REFERENCE_CHANNELS), 1, 5).eval()
-    model.load_state_dict(seeded_state(model))
-    return model
-
-
-def output_summary(outputs: list[torch.Tensor]) -> list[dict[str, object]]:
-    """Sum, absolute sum and a few sampled values of each output (what the reference stores)."""
-    summary = []
-    for out in outputs:
-        flat = out.detach().double().flatten()
-        samples = [float(flat[i % flat.numel()]) for i in REFERENCE_SAMPLE_INDICES]
-        summary.append({"shape": list(out.shape), "sum": float(flat.sum()), "abs_sum": float(flat.abs().sum()), "samples": samples})
-    return summary
-
-
 # Recorded from PyMIC 0.6.2's own FMUNet (pymic/net/net3d/fmunet.py) with the weights of
-# seeded_state and reference_input(), by benchmarks/networks/make_pymic_reference.py.
+# seeded_state and reference_input() (helpers/fmunet_reference.py), by benchmarks/networks/make_pymic_reference.py.
 PYMIC_REFERENCE: dict[int, list[dict[str, object]]] = {
     0: [
         {"shape": [1, 5, 16, 32, 32], "sum": 17496.10656, "abs_sum": 63601.75886,
@@ -95,23 +50,12 @@ PYMIC_REFERENCE: dict[int, list[dict[str, object]]] = {
 }
 
 
-def _spec(name: str) -> dict:
-    path = SPECS / name
-    if not path.is_file():
-        pytest.skip(f"{path} not present (shared specs are not checked out here)")
-    return json.loads(path.read_text())
-
-
-def _layout(model: torch.nn.Module) -> list[list[object]]:
-    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
-
-
 @pytest.mark.parametrize("res_mode, spec", [(0, "fmunet_keys.json"), (1, "fmunet_resmode1_keys.json")])
 def test_published_layout_matches_spec_key_for_key(res_mode, spec):
-    reference = _spec(spec)
+    reference = released_layout(spec)
     with torch.device("meta"):
         model = FMUNet.from_topology(published_fmunet_topology(res_mode), 1, 5)
-    assert _layout(model) == reference["keys"]
+    assert state_dict_layout(model) == reference["keys"]
     assert sum(p.numel() for p in model.parameters()) == reference["num_parameters"] == (47371572, 47220660)[res_mode]
     assert len(list(model.buffers())) == 0
 
@@ -192,8 +136,8 @@ def test_he_initialisation_and_dropout_levels():
     torch.manual_seed(0)
     model = FMUNet.from_topology(published_fmunet_topology(0, (16, 32, 64, 64, 64)), 1, 5)
     weight = model.encoder.en_conv2.conv_list[0][3].weight
-    expected_std = math.sqrt(2.0 / (1 + 0.01**2) / weight[0].numel())
-    assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    # He (Kaiming) normal for LeakyReLU(0.01): fan-in 64 x 3 x 3 x 3 = 1728, std sqrt(2 / 1.0001 / 1728) = 0.03402
+    assert weight.shape == (64, 64, 3, 3, 3) and weight.std().item() == pytest.approx(0.03402, rel=0.05)
     assert not model.encoder.en_conv2.conv_list[0][3].bias.any()
     probabilities = [getattr(model.encoder, f"en_conv{i}").conv_list[0][2].p for i in range(5)]
     assert probabilities == [0.0, 0.0, 0.2, 0.2, 0.2]

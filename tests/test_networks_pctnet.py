@@ -4,32 +4,18 @@ all three resolution modes, output scales, the fixed-input-size contract and val
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
 import torch
+from helpers.specs import released_layout, state_dict_layout
 
 from volfnet.errors import VolfnetError
 from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.plans import NetworkTopology
 
-from conftest import SHARED_DATA
-
-SPECS = SHARED_DATA.parent / "specs"
 TINY = {"feature_channels": (4, 8, 16, 16, 32), "num_heads": (2, 2, 4), "window_size": 2}
 TINY_SIZES = {0: (16, 16, 16), 1: (8, 16, 16), 2: (4, 16, 16)}
-
-
-def _spec() -> dict:
-    path = SPECS / "pctnet_keys.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not present (shared specs are not checked out here)")
-    return json.loads(path.read_text())
-
-
-def _layout(model: torch.nn.Module) -> list[list[object]]:
-    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.state_dict().items()]
 
 
 def _published(resolution_mode: int, classes: int = 5, device: str = "meta") -> PCTNet:
@@ -43,9 +29,9 @@ def _tiny(resolution_mode: int, classes: int = 3) -> PCTNet:
 
 
 def test_published_layout_matches_spec_key_for_key():
-    spec = _spec()
+    spec = released_layout("pctnet_keys.json")
     model = _published(1)
-    assert _layout(model) == spec["keys"]
+    assert state_dict_layout(model) == spec["keys"]
     assert sum(p.numel() for p in model.parameters()) == spec["num_parameters"] == 45289554
     persistent = {k: v for k, v in model.state_dict().items() if k not in dict(model.named_parameters())}
     assert sorted(persistent) == sorted(spec["buffers"])
@@ -57,7 +43,7 @@ def test_two_class_head_parameter_count():
 
 
 def test_relative_position_index_reproduces_the_published_aliasing():
-    spec = _spec()
+    spec = released_layout("pctnet_keys.json")
     state = _published(1, device="cpu").state_dict()
     index_keys = [k for k in state if k.endswith("relative_position_index")]
     assert len(index_keys) == spec["relative_position_index_summary"]["count"] == 10
@@ -71,7 +57,7 @@ def test_relative_position_index_reproduces_the_published_aliasing():
 
 
 def test_resolution_mode_2_has_the_published_shapes_and_mode_0_shrinks_the_deepest_window():
-    spec_shapes = {k: s for k, s, _ in _spec()["keys"]}
+    spec_shapes = {k: s for k, s, _ in released_layout("pctnet_keys.json")["keys"]}
     mode2 = {k: list(v.shape) for k, v in _published(2).state_dict().items()}
     assert mode2 == spec_shapes
     mode0 = {k: list(v.shape) for k, v in _published(0).state_dict().items()}

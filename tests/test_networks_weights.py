@@ -4,20 +4,17 @@ encoder-only loading, input-channel adaptation, wrapper prefixes and bad files."
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 import pytest
 import torch
+from helpers.specs import released_layout
 
 from volfnet.errors import VolfnetError
 from volfnet.networks.fmunet import FMUNet, published_fmunet_topology
 from volfnet.networks.pctnet import PCTNet, published_pctnet_topology
 from volfnet.networks.weights import adapt_input_channels, load_weights, read_state_dict
 
-from conftest import SHARED_DATA
-
-SPECS = SHARED_DATA.parent / "specs"
 SMALL = (2, 4, 8, 8, 8)
 
 
@@ -44,10 +41,7 @@ def save_pymic_checkpoint(model: torch.nn.Module, path) -> None:
 
 
 def test_small_models_use_the_published_key_names():
-    path = SPECS / "fmunet_keys.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    assert list(small_fmunet().state_dict()) == [k for k, _, _ in json.loads(path.read_text())["keys"]]
+    assert list(small_fmunet().state_dict()) == [k for k, _, _ in released_layout("fmunet_keys.json")["keys"]]
 
 
 def test_pymic_checkpoint_loads_every_tensor_unchanged(tmp_path):

@@ -36,7 +36,7 @@ def test_folder_that_cannot_be_created_is_a_clear_error(tmp_path):
 
 
 def test_unwritable_output_folder_is_a_clear_error(roots, monkeypatch):
-    from conftest import make_raw_dataset
+    from helpers.raw_data import make_raw_dataset
     from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
     from volfnet.planning.planner import PlannerOptions
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers.raw_data import make_raw_dataset
 
-from conftest import make_raw_dataset
 from volfnet.cli.plan_and_preprocess import main as plan_and_preprocess_main
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.image_io import read_case, read_segmentation

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_raw_dataset
+from helpers.checkpoints import pymic_checkpoint
+from helpers.raw_data import make_raw_dataset
+from helpers.specs import released_layout
 
 from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.cli.plan_and_preprocess import main
@@ -24,20 +26,6 @@ from volfnet.planning.fit_checkpoint import read_checkpoint_fit
 from volfnet.plans import ChannelNormalization, NetworkTopology, Plans
 from volfnet.training.initial_weights import load_initial_weights
 
-SPECS = Path(__file__).resolve().parents[1].parent / "shared" / "specs"
-
-
-def pymic_checkpoint(path: Path, topology: NetworkTopology, in_channels: int = 1, classes: int = 5, trained_branch=None) -> dict:
-    """A PyMIC-layout file of ``topology`` (shapes only); BatchNorm counters of one PCT-Net
-    input branch set, as training leaves them."""
-    with torch.device("meta"):
-        network = build_network_from_topology(topology, in_channels, classes, deep_supervision=True)
-    state = {}
-    for key, value in network.state_dict().items():
-        count = 100 if trained_branch is not None and key.startswith(f"embeddings.{trained_branch}.") else 0
-        state[key] = torch.full((), count if key.endswith("num_batches_tracked") else 0, dtype=value.dtype).expand(value.shape)
-    torch.save({"iteration": 80000, "model_state_dict": state, "optimizer_state_dict": {}}, path)
-    return state
 
 
 def plans_of(roots, dataset="Dataset002_Toy") -> Plans:
@@ -46,9 +34,8 @@ def plans_of(roots, dataset="Dataset002_Toy") -> Plans:
 
 def test_released_fmunet_layout_at_res_mode_1_fixes_the_network(roots, tmp_path, capsys):
     state = pymic_checkpoint(tmp_path / "fmunet_abk1k_volf.pt", published_fmunet_topology(1))
-    if (SPECS / "fmunet_resmode1_keys.json").is_file():  # the real released layout, when the specs are present
-        published = json.loads((SPECS / "fmunet_resmode1_keys.json").read_text())["keys"]
-        assert [(k, list(v.shape)) for k, v in state.items()] == [(k, s) for k, s, _ in published]
+    published = released_layout("fmunet_resmode1_keys.json")["keys"]  # the real released layout
+    assert [(k, list(v.shape)) for k, v in state.items()] == [(k, s) for k, s, _ in published]
     make_raw_dataset(roots["raw"], dataset_id=2, num_cases=3, shape=(20, 40, 44), spacing=(2.0, 1.0, 1.0))
     assert main(["-d", "2", "--pretrained", str(tmp_path / "fmunet_abk1k_volf.pt"), "--target", "cpu", "-np", "1"]) == 0
     plans = plans_of(roots)

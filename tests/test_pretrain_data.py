@@ -5,7 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
-from pretrain_helpers import make_preprocessed_dataset
+from helpers.pretraining import make_preprocessed_dataset
 
 from volfnet.data.loader import BatchLoader
 from volfnet.errors import VolfnetError

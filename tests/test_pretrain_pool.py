@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from pretrain_helpers import make_image_folder, make_preprocessed_dataset
-from test_data_dataset import make_case
+from helpers.cached_cases import make_case
+from helpers.pretraining import make_image_folder, make_preprocessed_dataset
 
 from volfnet.errors import VolfnetError
 from volfnet.training.pretrain_pool import (

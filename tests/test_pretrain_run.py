@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
-from pretrain_helpers import fast_overrides, make_preprocessed_dataset
+from helpers.pretraining import fast_overrides, make_preprocessed_dataset
+from helpers.roots import make_roots, point_environment_at
 
 from volfnet.checkpoint import checkpoint_spec, load_checkpoint
 from volfnet.cli.pretrain import main
@@ -59,13 +60,11 @@ class Interrupt:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("pretrain")
-    roots = {name: base / name for name in ("raw", "preprocessed", "results")}
+    roots = make_roots(base)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the 2 shared cores: one thread avoids contention with other jobs
     with pytest.MonkeyPatch.context() as patch:
-        for name, path in roots.items():
-            path.mkdir()
-            patch.setenv(f"VOLFNET_{name}", str(path))
+        point_environment_at(roots, patch)
         make_preprocessed_dataset(roots, 1, "Noise", count=4, num_test=1, structure=0.5, noise=2.0)
         settings = [item for s in VOLF_SETTINGS + fast_overrides() for item in ("--set", s)]
         original = VolFPretrainingTask.training_producer

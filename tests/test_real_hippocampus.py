@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
+from helpers.raw_data import SHARED_DATA
 
-from conftest import SHARED_DATA
 from volfnet.io.image_io import read_image
 from volfnet.io.msd import convert_msd_dataset
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess

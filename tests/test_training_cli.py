@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_raw_dataset
-from training_helpers import plan_tiny_dataset
+from helpers.raw_data import make_raw_dataset
+from helpers.training import plan_tiny_dataset
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.cli.plan_and_preprocess import main as plan_main

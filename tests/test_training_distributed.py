@@ -13,13 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
-from training_helpers import (
-    PatchOnlyTask,
-    blob_task,
-    fast_config,
-    make_blob_dataset,
-    tiny_plans,
-)
+from helpers.training import PatchOnlyTask, blob_task, fast_config, make_blob_dataset, tiny_plans
 
 from volfnet.data.worker import NumpyBatch
 from volfnet.errors import VolfnetError

@@ -7,7 +7,8 @@ import math
 
 import pytest
 import torch
-from training_helpers import blob_task, fast_config, make_blob_dataset, volf_checkpoint
+from helpers.checkpoints import volf_checkpoint
+from helpers.training import blob_task, fast_config, make_blob_dataset
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.errors import VolfnetError

@@ -17,35 +17,20 @@ need nothing on PATH.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import shlex
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_raw_dataset
+from helpers.commands import NUM_CASES, TINY_TRAINING, Finished, model_folder, plan_dataset, run_bounded
 from rank_failure_driver import MESSAGE as FAILURE_MESSAGE
 
-from volfnet.cli.plan_and_preprocess import main as plan_main
-from volfnet.plans import Plans
 from volfnet.training.distributed import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("rank_failure_driver.py")
 RUN_TIMEOUT = 300  # s: a tiny two-process run takes 20-40 s on a busy 2-core machine; past this it hangs
 FAILURE_TIMEOUT = 120  # s: a failing rank must end the command long before gloo's own 30-minute timeout
-NUM_CASES = {"fmunet": 10, "pctnet": 5}  # 2 (a pool evaluates them) and 1 validation case per fold
-PCTNET_WINDOW = 2  # shifted windows on the tiny patch's 4 x 8 x 8 token grid (the planned 6 has none)
-TINY_TRAINING = [
-    "--set", "num_epochs=2", "--set", "iterations_per_epoch=1", "--set", "val_iterations=1",
-    "--set", "num_workers=0", "--set", "progress_bar=false",
-]
 TINY_PRETRAINING = [
     "--device", "cpu", "-np", "1", "--iterations", "2", "--val-samples", "2",
     "--set", "iterations_per_epoch=1", "--set", "num_workers=0", "--set", "val_num_workers=0",
@@ -69,58 +54,6 @@ def launcher_suffix(launcher: str) -> list[str]:
     return ["--num-gpus", "2"] if launcher == "num-gpus" else []
 
 
-@dataclasses.dataclass
-class Finished:
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    def tail(self) -> str:
-        return f"exit {self.returncode} after {self.seconds:.1f} s\n{self.stdout[-1000:]}\n{self.stderr[-4000:]}"
-
-
-def run_bounded(command: list[str], roots: dict, timeout: float) -> Finished:
-    """Run ``command`` in its own process group with the data roots of ``roots``. Past
-    ``timeout``, the whole group (launcher, ranks, their workers) is killed and the test fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.update({f"VOLFNET_{name}": str(path) for name, path in roots.items()})
-    started = time.monotonic()
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True
-    ) as process:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"`{shlex.join(command)}` did not end within {timeout} s (hung); its output ended with:\n{stderr[-4000:]}")
-    return Finished(process.returncode, stdout, stderr, time.monotonic() - started)
-
-
-def plan_dataset(base: Path, network: str) -> dict:
-    """Raw, preprocessed and results roots under ``base`` with dataset 1 planned for ``network``
-    on the CPU target with a 4-feature first level."""
-    roots = {name: base / name for name in ("raw", "preprocessed", "results")}
-    patch = pytest.MonkeyPatch()
-    for name, path in roots.items():
-        path.mkdir(parents=True)
-        patch.setenv(f"VOLFNET_{name}", str(path))
-    try:
-        make_raw_dataset(roots["raw"], dataset_id=1, num_cases=NUM_CASES[network], shape=(16, 20, 20))
-        assert plan_main(["-d", "1", "--target", "cpu", "-np", "1", "--base-features", "4", "--network", network]) == 0
-    finally:
-        patch.undo()
-    if network == "pctnet":
-        plans_file = roots["preprocessed"] / "Dataset001_Toy" / "plans.json"
-        plans = Plans.load(plans_file)
-        plan = plans.configurations["3d_fullres"]
-        network_plan = dataclasses.replace(plan.network, window_size=PCTNET_WINDOW)
-        configurations = {**plans.configurations, "3d_fullres": dataclasses.replace(plan, network=network_plan)}
-        dataclasses.replace(plans, configurations=configurations).save(plans_file)
-    return roots
-
-
 @pytest.fixture(scope="module")
 def fmunet_roots(tmp_path_factory) -> dict:
     return plan_dataset(tmp_path_factory.mktemp("fmunet"), "fmunet")
@@ -135,10 +68,6 @@ def pctnet_roots(tmp_path_factory) -> dict:
 def planned(request) -> tuple[str, dict]:
     """(network, roots) with dataset 1 planned for the network (once per module)."""
     return request.param, request.getfixturevalue(f"{request.param}_roots")
-
-
-def model_folder(roots: dict, network: str, tag: str) -> Path:
-    return roots["results"] / "Dataset001_Toy" / f"{network}__3d_fullres__{tag}"
 
 
 def check_two_process_training(network: str, roots: dict, launcher: str, device: str) -> Finished:

@@ -7,13 +7,8 @@ import errno
 
 import pytest
 import torch
-from training_helpers import (
-    PatchOnlyTask,
-    blob_task,
-    fast_config,
-    make_blob_dataset,
-    volf_checkpoint,
-)
+from helpers.checkpoints import volf_checkpoint
+from helpers.training import Interrupted, InterruptingTask, blob_task, fast_config, make_blob_dataset
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.errors import VolfnetError
@@ -47,27 +42,6 @@ def test_tiny_run_learns_and_writes_its_outputs(tmp_path):
     assert best["logs"]["best_ema_dice"] == pytest.approx(max(result.log.ema_dice))
     assert "new best moving-average pseudo Dice" in (tmp_path / "run" / LOG_FILE).read_text()
     assert (tmp_path / "run" / LOG_JSON).is_file()
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptingTask(PatchOnlyTask):
-    """Raises while making training batch ``interrupt_at``: a run killed mid-epoch."""
-
-    interrupt_at: int | None = None
-
-    def training_producer(self, seed):
-        producer = super().training_producer(seed)
-        stop = self.interrupt_at
-
-        def produce(index):
-            if index == stop:
-                raise Interrupted(f"killed at batch {index}")
-            return producer(index)
-
-        return produce
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from training_helpers import PatchOnlyTask, blob_task, fast_config, make_blob_dataset, plan_tiny_dataset
+from helpers.training import PatchOnlyTask, blob_task, fast_config, make_blob_dataset, plan_tiny_dataset
 
 from volfnet.checkpoint import load_checkpoint
 from volfnet.cli.train import main as train_main

@@ -27,7 +27,7 @@ def test_moving_average_and_best_follow_nnunet():
     assert log.append(0, 1.0, 0.9, [0.4, 0.6], 0.01, 2.0, ema_weight=0.9)  # first value: the raw mean
     assert log.ema_dice == [pytest.approx(0.5)]
     assert log.append(1, 0.8, 0.7, [0.9, math.nan], 0.009, 2.0, ema_weight=0.9)  # NaN classes left out
-    assert log.mean_dice[1] == pytest.approx(0.9) and log.ema_dice[1] == pytest.approx(0.9 * 0.5 + 0.1 * 0.9)
+    assert log.mean_dice[1] == pytest.approx(0.9) and log.ema_dice[1] == pytest.approx(0.54)  # 0.9 x the previous 0.5 + 0.1 x the new 0.9
     assert not log.append(2, 0.7, 0.7, [0.0, 0.0], 0.008, 2.0, ema_weight=0.9)
     assert (log.best_epoch, log.best_ema_dice) == (1, pytest.approx(0.54))
     assert TrainingLog.from_dict(log.to_dict()) == log

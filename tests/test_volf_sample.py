@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SHARED_DATA
+from helpers.raw_data import SHARED_DATA
 
 from volfnet.volf.config import VolFConfig
 from volfnet.volf.sample import fused_example, make_fused_batch, make_fused_sample

@@ -1,6 +1,7 @@
 """Record PyMIC's FMUNet outputs for tests/test_networks_fmunet.py::PYMIC_REFERENCE.
 
-Uses the test's own deterministic weights (``seeded_state``) and input, runs PyMIC 0.6.2's
+Uses the test's deterministic weights (``seeded_state``) and input from
+tests/helpers/fmunet_reference.py, runs PyMIC 0.6.2's
 FMUNet on them in its own venv (see pymic_env.py) for res_mode 0, 1 and 2, and prints the
 summaries as a Python literal to paste into the test, plus the maximum difference to
 volfnet's FMUNet on the full outputs.
@@ -10,7 +11,6 @@ volfnet's FMUNet on the full outputs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -19,27 +19,20 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # tests/ is not a package: its helpers import as pytest imports them
 
+from helpers.fmunet_reference import REFERENCE_CHANNELS, output_summary, reference_input, reference_model  # noqa: E402
 from pymic_env import run_worker  # noqa: E402
 
 
-def load_test_module():
-    spec = importlib.util.spec_from_file_location("test_networks_fmunet", REPO / "tests" / "test_networks_fmunet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
-    tests = load_test_module()
-    x = tests.reference_input()
+    x = reference_input()
     reference = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         torch.save(x, work / "input.pt")
         for res_mode in (0, 1, 2):
-            model = tests.reference_model(res_mode)
+            model = reference_model(res_mode)
             torch.save(model.state_dict(), work / "weights.pt")
             job = {
                 "weights": str(work / "weights.pt"),
@@ -48,7 +41,7 @@ def main() -> None:
                 "config": {
                     "in_chns": 1,
                     "class_num": 5,
-                    "feature_chns": list(tests.REFERENCE_CHANNELS),
+                    "feature_chns": list(REFERENCE_CHANNELS),
                     "res_mode": res_mode,
                     "multiscale_pred": True,
                 },
@@ -60,7 +53,7 @@ def main() -> None:
                 ours = model(x)
             diff = max(float((a - b).abs().max()) for a, b in zip(ours, pymic_outputs))
             print(f"res_mode {res_mode}: max |volfnet - pymic| = {diff:.3g}")
-            reference[res_mode] = tests.output_summary(pymic_outputs)
+            reference[res_mode] = output_summary(pymic_outputs)
     print("PYMIC_REFERENCE: dict[int, list[dict[str, object]]] = {")
     for res_mode, outputs in reference.items():
         print(f"    {res_mode}: [")

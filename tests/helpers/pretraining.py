@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import write_volume
+from helpers.cached_cases import make_case
+from helpers.images import write_volume
 from scipy.ndimage import gaussian_filter
-from test_data_dataset import make_case
 
 from volfnet.plans import (
     ChannelNormalization,
@@ -36,6 +36,7 @@ def smooth_volume(shape, rng: np.random.Generator, channels: int = 1, structure:
 
 
 def pretrain_plans(name: str, channels: int = 1, patch=PATCH, widths=WIDTHS, batch_size: int = 2, shape=CASE_SHAPE) -> Plans:
+    """Plans of one CPU configuration with a small FMUNet (``widths`` per level) for the smooth volumes."""
     levels = len(widths)
     topology = NetworkTopology("fmunet", list(widths), [[2, 2, 2]] * (levels - 1), [[3, 3, 3]] * levels, [0.0] * levels)
     plan = ConfigurationPlan(
@@ -45,6 +46,7 @@ def pretrain_plans(name: str, channels: int = 1, patch=PATCH, widths=WIDTHS, bat
 
 
 def dataset_json(name: str, channels: int = 1, count: int = 3) -> dict:
+    """The dataset.json of a smooth-volume dataset: MR channels, one organ label."""
     return {
         "channel_names": {str(i): "MR" for i in range(channels)},
         "labels": {"background": 0, "organ": 1},

@@ -1,18 +1,16 @@
-"""Tiny training set-ups shared by the training tests: blob cases, plans, tasks, fast configs."""
+"""Tiny training set-ups shared by the training tests: blob cases, plans, tasks (one that is
+interrupted mid-run), fast configs, and a planned raw dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import torch
-from conftest import make_raw_dataset
-from test_data_dataset import make_case
+from helpers.cached_cases import make_case
+from helpers.raw_data import make_raw_dataset
 
-from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.cli.plan_and_preprocess import main as plan_main
 from volfnet.io.dataset import DatasetJson
-from volfnet.networks.build import build_network_from_topology
 from volfnet.plans import (
     ChannelNormalization,
     ConfigurationPlan,
@@ -49,6 +47,7 @@ def make_blob_dataset(folder: Path, count: int = 4, seed: int = 0, shape=CASE_SH
 
 
 def tiny_plans(batch_size: int = 2, widths=WIDTHS, dropout: float = 0.0) -> Plans:
+    """Plans for the blob cases: one CPU configuration of a small FMUNet (``widths`` per level)."""
     levels = len(widths)
     topology = NetworkTopology("fmunet", list(widths), [[2, 2, 2]] * (levels - 1), [[3, 3, 3]] * levels, [0.0] + [dropout] * (levels - 1))
     plan = ConfigurationPlan(
@@ -58,6 +57,7 @@ def tiny_plans(batch_size: int = 2, widths=WIDTHS, dropout: float = 0.0) -> Plan
 
 
 def blob_dataset_json() -> DatasetJson:
+    """The dataset.json of the blob cases: one MR channel, labels ball and cap."""
     return DatasetJson({0: "MR"}, {"background": 0, "ball": 1, "cap": 2}, 4, ".nii.gz", "Blobs")
 
 
@@ -78,7 +78,29 @@ class PatchOnlyTask(SegmentationTask):
         self.after_training_calls = getattr(self, "after_training_calls", 0) + 1
 
 
+class Interrupted(Exception):
+    """What :class:`InterruptingTask` raises: a test can tell it from a real failure."""
+
+
+class InterruptingTask(PatchOnlyTask):
+    """Raises while making training batch ``interrupt_at``: a run killed mid-epoch."""
+
+    interrupt_at: int | None = None
+
+    def training_producer(self, seed):
+        producer = super().training_producer(seed)
+        stop = self.interrupt_at
+
+        def produce(index):
+            if index == stop:
+                raise Interrupted(f"killed at batch {index}")
+            return producer(index)
+
+        return produce
+
+
 def blob_task(folder: Path, config: TrainerConfig, count: int = 4, task_class=PatchOnlyTask, **plan_kwargs) -> SegmentationTask:
+    """A task on the blob cases of ``folder`` (made if absent): the last case validates, the others train."""
     ids = make_blob_dataset(folder, count) if not (folder / "3d_fullres").is_dir() else sorted(
         p.name[: -len(".json")] for p in (folder / "3d_fullres").glob("case_*.json")
     )
@@ -90,18 +112,3 @@ def plan_tiny_dataset(raw_root: Path, dataset_id: int = 1) -> None:
     (under the VOLFNET_* roots of the environment)."""
     make_raw_dataset(raw_root, dataset_id=dataset_id, num_cases=5, shape=(16, 20, 20))
     assert plan_main(["-d", str(dataset_id), "--target", "cpu", "-np", "1", "--base-features", "4"]) == 0
-
-
-def volf_checkpoint(path, widths=(4, 8, 16), num_classes=5, with_spec=True):
-    """A pretraining-style checkpoint: the same network with a 5-class head."""
-    topology = tiny_plans(widths=list(widths)).configurations["3d_fullres"].network
-    torch.manual_seed(7)
-    model = build_network_from_topology(topology, 1, num_classes)
-    state = {"model_state_dict": model.state_dict()}
-    if with_spec:
-        spec = CheckpointSpec("volf_pretraining", topology, 1, num_classes, [16, 16, 16], [1.0, 1.0, 1.0], [])
-        state["spec"] = spec.to_dict()
-        save_checkpoint(path, state)
-    else:
-        torch.save(state, path)  # PyMIC/MIS-FM layout: only model_state_dict
-    return model.state_dict()
