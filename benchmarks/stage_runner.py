@@ -8,13 +8,24 @@ it, and a rerun that skips a finished stage still reports the time it took.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import time
 from pathlib import Path
 
 
+ROOT_NAMES = ("raw", "preprocessed", "results")
+
+
 class StageRunner:
+    @classmethod
+    def in_work_folder(cls, work: Path) -> StageRunner:
+        """A runner whose commands see ``VOLFNET_raw/preprocessed/results`` under ``work``
+        (created), so a benchmark never touches the user's own data folders."""
+        work.mkdir(parents=True, exist_ok=True)
+        return cls(work, {**os.environ, **{f"VOLFNET_{name}": str(work / name) for name in ROOT_NAMES}})
+
     def __init__(self, work: Path, env: dict[str, str]) -> None:
         self.env = env
         self.log = work / "commands.log"

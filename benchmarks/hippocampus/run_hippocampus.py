@@ -249,8 +249,7 @@ def paired_differences(runs, reference: str) -> list[str]:
 def main() -> None:
     args = parse_args()
     work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    runner = StageRunner(work, {**os.environ, **{f"VOLFNET_{name}": str(work / name) for name in ("raw", "preprocessed", "results")}})
+    runner = StageRunner.in_work_folder(work)
     raw, preprocessed, results = (work / n for n in ("raw", "preprocessed", "results"))
     runner.run("convert", ["volfnet_convert_msd", "-i", str(args.msd), "-d", "4"], done=raw / DATASET / "dataset.json")
     plan = ["volfnet_plan_and_preprocess", "-d", "4", "--target", args.target, "-np", str(args.workers)]

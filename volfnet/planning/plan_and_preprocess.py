@@ -7,7 +7,6 @@ Layout written under ``VOLFNET_preprocessed/<DatasetXXX_Name>/``: ``dataset.json
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import shutil
@@ -25,10 +24,10 @@ from volfnet.planning.fingerprint import Fingerprint, assemble_fingerprint, extr
 from volfnet.planning.planner import Planner, PlannerOptions
 from volfnet.parallel import select_part
 from volfnet.preprocessing.preprocessor import PreprocessSummary, preprocess_cases
+from volfnet.preprocessing.cache_stamp import preprocessing_stamp, renew_stamp
 
 logger = logging.getLogger(__name__)
 
-CONFIGURATION_STAMP = "configuration.json"  # the configuration a cache folder was made with
 
 
 @dataclass
@@ -101,17 +100,6 @@ def plan_dataset(raw: RawDataset, request: PlanAndPreprocessRequest, output: Pat
     return plans
 
 
-def _preprocessing_stamp(plans: Plans, configuration: str) -> dict:
-    """The fields that decide a cache's content: when they change, the cache is rebuilt."""
-    config = plans.configuration(configuration)
-    return {
-        "transpose_forward": plans.transpose_forward,
-        "spacing": config.spacing,
-        "normalization": [dataclasses.asdict(n) for n in config.normalization],
-        "resampling": dataclasses.asdict(config.resampling),
-    }
-
-
 def preprocess_dataset(raw: RawDataset, plans: Plans, request: PlanAndPreprocessRequest, output: Path) -> list[PreprocessSummary]:
     cases, _ = raw.training_cases()
     cases = select_part(cases, request.part, request.num_parts)
@@ -120,14 +108,10 @@ def preprocess_dataset(raw: RawDataset, plans: Plans, request: PlanAndPreprocess
     for name in names:
         plans.configuration(name)
         folder = output / plans.configuration(name).data_identifier
-        stamp_path = folder / CONFIGURATION_STAMP
-        stamp = _preprocessing_stamp(plans, name)
         overwrite = request.clean
-        if stamp_path.is_file() and read_cache_json(stamp_path) != stamp:
+        if renew_stamp(folder, preprocessing_stamp(plans, name)):
             logger.info("%s: the plans changed since the cache was made; preprocessing every case again", name)
             overwrite = True
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(stamp_path, stamp)
         summaries.append(
             preprocess_cases(
                 cases, plans, name, folder, raw.dataset_json.foreground_labels, request.num_workers, overwrite, request.progress

@@ -46,13 +46,10 @@ from volfnet.io.dataset import (
     list_cases,
     parse_channel_file,
 )
-from volfnet.io.files import atomic_write_json, load_npy, read_json
+from volfnet.io.files import load_npy
 from volfnet.io.image_io import SUPPORTED_ENDINGS
-from volfnet.planning.plan_and_preprocess import (
-    CONFIGURATION_STAMP,
-    _preprocessing_stamp,
-)
 from volfnet.plans import Plans
+from volfnet.preprocessing.cache_stamp import CONFIGURATION_STAMP, preprocessing_stamp, recorded_source, renew_stamp
 from volfnet.preprocessing.case_store import case_paths, list_preprocessed_cases
 from volfnet.preprocessing.preprocessor import preprocess_cases
 
@@ -317,8 +314,7 @@ def _folder_for_source(parent: Path, name: str, source: Path) -> Path:
     """``parent/name``, or ``parent/name-N`` when ``name`` is already taken by another source."""
     candidate, index = parent / name, 1
     while (candidate / CONFIGURATION_STAMP).is_file():
-        recorded = read_json(candidate / CONFIGURATION_STAMP).get("source")
-        if recorded == str(source):
+        if recorded_source(candidate) == str(source):
             return candidate
         index += 1
         candidate = parent / f"{name}-{index}"
@@ -341,14 +337,9 @@ def preprocess_unlabelled(
     if not preprocess:
         present = set(list_preprocessed_cases(output)) if output.is_dir() else set()
         return [c.case_id for c in cases if c.case_id in present]
-    stamp = {**_preprocessing_stamp(dataset.plans, configuration), "source": str(source)}
-    stamp_path = output / CONFIGURATION_STAMP
-    overwrite = False
-    if stamp_path.is_file() and read_json(stamp_path) != stamp:
+    overwrite = renew_stamp(output, preprocessing_stamp(dataset.plans, configuration, source=str(source)))
+    if overwrite:
         logger.info("%s: the plans changed since these images were preprocessed; preprocessing them again", output)
-        overwrite = True
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(stamp_path, stamp)
     unlabelled = [CaseFiles(c.case_id, list(c.images), None) for c in cases]
     summary = preprocess_cases(unlabelled, dataset.plans, configuration, output, [], num_workers, overwrite, progress)
     if summary.processed:
