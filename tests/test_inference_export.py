@@ -10,11 +10,13 @@ from scipy import ndimage
 
 from volfnet.evaluation.postprocessing import PostprocessingDecision
 from volfnet.inference.export import (
+    LogitsHandover,
     PROBABILITIES_KEY,
     export_logits,
     label_dtype,
     load_probabilities,
     logits_to_original,
+    take_logits_to_original,
     probabilities_path,
 )
 from volfnet.io.image_io import ImageGeometry
@@ -158,6 +160,12 @@ def test_probabilities_match_a_reference_softmax_without_resampling_and_float16_
     np.testing.assert_array_equal(logits_to_original(logits, properties, spec).segmentation, prediction.segmentation)
     half = logits_to_original(logits, properties, spec, True, probabilities_dtype=np.float16).probabilities
     assert half.dtype == np.float16
+    # handed over, the same logits give the same prediction, and the handover lets go of them
+    handover = LogitsHandover(logits.clone())
+    taken = take_logits_to_original(handover, properties, spec, True)
+    np.testing.assert_allclose(taken.probabilities, prediction.probabilities, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="handed over already"):
+        handover.take()
     np.testing.assert_allclose(half.astype(np.float32), prediction.probabilities, atol=5e-4)
 
 

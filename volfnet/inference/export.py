@@ -45,6 +45,7 @@ __all__ = [
     "logits_to_original",
     "probabilities_path",
     "resample_to_cropped_grid",
+    "LogitsHandover",
     "take_logits_to_original",
     "write_prediction",
 ]
@@ -230,8 +231,24 @@ def logits_to_original(
     return _finish(prediction, postprocessing)
 
 
+class LogitsHandover:
+    """Logits passed to the export for it to own: :meth:`take` hands them over and forgets
+    them. A function argument or a thread pool's task keeps a tensor alive until the call
+    returns; held here, the export's reference is the only one, and the logits (one
+    class-by-volume array) are freed as soon as they are resampled."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self._logits: torch.Tensor | None = logits
+
+    def take(self) -> torch.Tensor:
+        logits, self._logits = self._logits, None
+        if logits is None:
+            raise RuntimeError("these logits were handed over already")
+        return logits
+
+
 def take_logits_to_original(
-    holder: list[torch.Tensor],
+    handover: LogitsHandover,
     properties: CaseProperties,
     spec: ResamplingSpec,
     with_probabilities: bool = False,
@@ -239,10 +256,10 @@ def take_logits_to_original(
     probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
     regions_class_order: list[int] | None = None,
 ) -> ExportedPrediction:
-    """:func:`logits_to_original` for logits nobody else holds, passed as a one-element list
-    that this function empties: they are freed as soon as they are resampled (and may be
-    overwritten), so at most two class-by-volume arrays exist at any time."""
-    logits = holder.pop()
+    """:func:`logits_to_original` for logits nobody else holds (see :class:`LogitsHandover`):
+    they are freed as soon as they are resampled (and may be overwritten), so at most two
+    class-by-volume arrays exist at any time."""
+    logits = handover.take()
     cropped = resample_to_cropped_grid(logits, properties, spec)
     del logits
     prediction = cropped_logits_to_original(

@@ -40,6 +40,7 @@ from volfnet.inference.export import (
     DEFAULT_PROBABILITIES_DTYPE,
     ExportedPrediction,
     probabilities_path,
+    LogitsHandover,
     take_logits_to_original,
     write_prediction,
 )
@@ -226,15 +227,15 @@ class Predictor:
                 min_forward_batch=min_forward_batch(self.device, self.configuration.network.feature_channels[0]),
             )
 
-    def _to_original(self, holder: list[torch.Tensor], properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
-        """Export logits handed over in a one-element list (emptied: freed once resampled)."""
+    def _to_original(self, handover: LogitsHandover, properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
+        """Export logits handed over to the export (freed once resampled)."""
         return take_logits_to_original(
-            holder, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype,
+            handover, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype,
             self.dataset_json.regions_class_order if self.dataset_json.has_regions else None,
         )
 
-    def _export(self, holder: list[torch.Tensor], properties: CaseProperties, output_file: Path, save_probabilities: bool) -> Path:
-        prediction = self._to_original(holder, properties, save_probabilities)
+    def _export(self, handover: LogitsHandover, properties: CaseProperties, output_file: Path, save_probabilities: bool) -> Path:
+        prediction = self._to_original(handover, properties, save_probabilities)
         return write_prediction(prediction, properties.original_geometry, output_file)
 
     def predict_preprocessed(
@@ -242,7 +243,7 @@ class Predictor:
     ) -> ExportedPrediction:
         """Predict a case already preprocessed (e.g. from the npy cache) and map it to its
         original geometry; written to ``output_file`` (+ ``<case>.npz``) when given."""
-        prediction = self._to_original([self.predict_logits(data)], properties, save_probabilities)
+        prediction = self._to_original(LogitsHandover(self.predict_logits(data)), properties, save_probabilities)
         if output_file is not None:
             write_prediction(prediction, properties.original_geometry, Path(output_file))
         return prediction
@@ -258,7 +259,7 @@ class Predictor:
         if list(image.shape[1:]) != list(geometry.shape):
             raise VolfnetError(f"case {case_id}: image shape {list(image.shape[1:])} differs from its geometry's {geometry.shape}")
         data, _, properties = preprocess_array(image.astype(np.float32, copy=False), geometry, None, self.plans, self.configuration_name, case_id)
-        return self._to_original([self.predict_logits(data)], properties, with_probabilities)
+        return self._to_original(LogitsHandover(self.predict_logits(data)), properties, with_probabilities)
 
     def predict_files(self, image_files: Sequence[Path], output_file: Path, save_probabilities: bool = False) -> ExportedPrediction:
         """Predict one case given as its channel files (in channel order; an RGB picture is three
@@ -420,8 +421,8 @@ class Predictor:
                     logger.debug("case %s: network %.1f s", case_id, time.perf_counter() - started)
                     if pending is not None:
                         predicted.append(_finish(*pending))
-                    # handed over in a list the export empties, so it can free them once resampled
-                    pending = (case_id, exporter.submit(self._export, [logits], prepared.properties, output_of(item), save_probabilities))
+                    # handed over: the export holds the only reference and frees them once resampled
+                    pending = (case_id, exporter.submit(self._export, LogitsHandover(logits), prepared.properties, output_of(item), save_probabilities))
                     del logits, prepared
                 if pending is not None:
                     predicted.append(_finish(*pending))
