@@ -8,9 +8,15 @@ A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothin
         postprocessing.json    optional: decided on cross-validation, applied by the predictor
         fold_<k>/              k in 0..N-1 for the N folds of splits.json (5 by default), or fold_all
             checkpoint_{latest,best,final}.pt   network, optimiser, schedule, logs, spec
-            progress.png  log.txt  training_log.json  validation/summary.json
+            checkpoint_it<N>.pt                 weight snapshots (with snapshot_every)
+            progress.png  log.txt  training_log.json
+            validation/        <case><ending>, <case>.npz (with --npz), summary.json/.csv
+        crossval_results_folds_<k_...>/         volfnet_cv_summary: the folds' validations pooled
         pretrain/
-            checkpoint_{latest,best,final}.pt  progress.png  samples.png  log.txt
+            checkpoint_{latest,best,final}.pt  checkpoint_it<N>.pt  progress.png  samples.png  log.txt
+            pretrain_settings.json  validation_set/
+
+documentation/training.md shows the same layout for users; keep the two in step.
 
 The optional ``tag`` keeps variants of one network and configuration apart (for example a
 model trained from scratch beside a fine-tuned one: ``fmunet__3d_fullres__scratch``).
