@@ -6,6 +6,7 @@ programming errors keep their traceback so they can be reported.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Callable
@@ -58,3 +59,14 @@ def run_cli(func: Callable[[], object], verbose: bool = False) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def check_model_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The two ways to name a model (``-d DATASET -c CONFIG [--network] [--tag]`` or ``-m
+    FOLDER``) are not mixed: ``-d`` needs ``-c``, and ``-m`` takes none of the others (the
+    folder's name already says them). Exits through ``parser.error`` (code 2)."""
+    if args.dataset is not None and not args.configuration:
+        parser.error("-d/--dataset needs -c/--configuration")
+    given = [flag for flag, value in (("-c", args.configuration), ("--network", args.network), ("--tag", getattr(args, "tag", ""))) if value]
+    if args.model_folder is not None and given:
+        parser.error(f"{' and '.join(given)} go with -d; a model folder already names its configuration, network and tag")

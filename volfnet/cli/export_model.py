@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from volfnet.cli._common import run_cli
+from volfnet.cli._common import check_model_choice, run_cli
 from volfnet.inference.locate import locate_model_folder
 from volfnet.model_sharing import EXPORT_CHECKPOINTS, export_model
 
@@ -40,10 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``volfnet_export_model``; returns the exit code (2 for a user error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.dataset is not None and not args.configuration:
-        parser.error("-d/--dataset needs -c/--configuration")
-    if args.model_folder is not None and (args.configuration or args.network or args.tag):
-        parser.error("-c, --network and --tag go with -d; a model folder already names them")
+    check_model_choice(parser, args)
 
     def run() -> None:
         folder = args.model_folder or locate_model_folder(args.dataset, args.configuration, args.network, args.tag)
