@@ -16,7 +16,6 @@ from volfnet.inference.export import (
     label_dtype,
     load_probabilities,
     logits_to_original,
-    take_logits_to_original,
     probabilities_path,
 )
 from volfnet.io.image_io import ImageGeometry
@@ -162,7 +161,7 @@ def test_probabilities_match_a_reference_softmax_without_resampling_and_float16_
     assert half.dtype == np.float16
     # handed over, the same logits give the same prediction, and the handover lets go of them
     handover = LogitsHandover(logits.clone())
-    taken = take_logits_to_original(handover, properties, spec, True)
+    taken = logits_to_original(handover, properties, spec, True)
     np.testing.assert_allclose(taken.probabilities, prediction.probabilities, rtol=1e-6)
     with pytest.raises(RuntimeError, match="handed over already"):
         handover.take()

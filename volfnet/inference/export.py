@@ -11,7 +11,7 @@ Preprocessing transposed, cropped and resampled the scan; export undoes the thre
    with the original spacing, origin and direction.
 
 Memory: the resampled logits are the one class-by-volume copy made here; softmax runs in
-place on it and argmax writes labels slab by slab. With :func:`take_logits_to_original` (what
+place on it and argmax writes labels slab by slab. With a :class:`LogitsHandover` (what
 the predictor uses) the network-grid logits are freed once resampled, so at most two
 class-by-volume arrays exist at once: network grid + original grid while resampling, then
 original grid + pasted probabilities. A 512 x 512 x 400 CT with 4 classes: 1.7 GB each in
@@ -46,7 +46,6 @@ __all__ = [
     "probabilities_path",
     "resample_to_cropped_grid",
     "LogitsHandover",
-    "take_logits_to_original",
     "write_prediction",
 ]
 
@@ -203,34 +202,6 @@ def _check_shape(segmentation: np.ndarray, geometry: ImageGeometry, case_id: str
         )
 
 
-def _finish(prediction: ExportedPrediction, postprocessing: PostprocessingDecision | None) -> ExportedPrediction:
-    if postprocessing is not None:
-        prediction.segmentation = apply_postprocessing(prediction.segmentation, postprocessing)
-    return prediction
-
-
-def logits_to_original(
-    logits: torch.Tensor,
-    properties: CaseProperties,
-    spec: ResamplingSpec,
-    with_probabilities: bool = False,
-    postprocessing: PostprocessingDecision | None = None,
-    probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
-    regions_class_order: list[int] | None = None,
-) -> ExportedPrediction:
-    """Logits on the preprocessed grid -> prediction in the original geometry (not written).
-
-    ``logits`` is not modified. ``postprocessing`` changes the label map only; probabilities
-    stay as the network predicted them (an ensemble of probabilities is post-processed after
-    its own argmax). See :func:`take_logits_to_original` to free the logits on the way.
-    """
-    cropped = resample_to_cropped_grid(logits, properties, spec)
-    prediction = cropped_logits_to_original(
-        cropped, properties, with_probabilities, probabilities_dtype, overwrite=cropped is not logits, regions_class_order=regions_class_order
-    )
-    return _finish(prediction, postprocessing)
-
-
 class LogitsHandover:
     """Logits passed to the export for it to own: :meth:`take` hands them over and forgets
     them. A function argument or a thread pool's task keeps a tensor alive until the call
@@ -247,8 +218,8 @@ class LogitsHandover:
         return logits
 
 
-def take_logits_to_original(
-    handover: LogitsHandover,
+def logits_to_original(
+    logits: torch.Tensor | LogitsHandover,
     properties: CaseProperties,
     spec: ResamplingSpec,
     with_probabilities: bool = False,
@@ -256,17 +227,27 @@ def take_logits_to_original(
     probabilities_dtype: np.dtype | type = DEFAULT_PROBABILITIES_DTYPE,
     regions_class_order: list[int] | None = None,
 ) -> ExportedPrediction:
-    """:func:`logits_to_original` for logits nobody else holds (see :class:`LogitsHandover`):
-    they are freed as soon as they are resampled (and may be overwritten), so at most two
-    class-by-volume arrays exist at any time."""
-    logits = handover.take()
-    cropped = resample_to_cropped_grid(logits, properties, spec)
-    del logits
+    """Logits on the preprocessed grid -> prediction in the original geometry (not written).
+
+    A tensor is not modified. Logits given as a :class:`LogitsHandover` are taken: freed as
+    soon as they are resampled (and overwritten where that saves a copy), so at most two
+    class-by-volume arrays exist at any time. ``postprocessing`` changes the label map only;
+    probabilities stay as the network predicted them (an ensemble of probabilities is
+    post-processed after its own argmax).
+    """
+    owned = isinstance(logits, LogitsHandover)
+    tensor = logits.take() if isinstance(logits, LogitsHandover) else logits
+    del logits  # a handover's tensor now has this one reference
+    cropped = resample_to_cropped_grid(tensor, properties, spec)
+    overwrite = owned or cropped is not tensor
+    del tensor
     prediction = cropped_logits_to_original(
-        cropped, properties, with_probabilities, probabilities_dtype, overwrite=True, regions_class_order=regions_class_order
+        cropped, properties, with_probabilities, probabilities_dtype, overwrite=overwrite, regions_class_order=regions_class_order
     )
     del cropped
-    return _finish(prediction, postprocessing)
+    if postprocessing is not None:
+        prediction.segmentation = apply_postprocessing(prediction.segmentation, postprocessing)
+    return prediction
 
 
 def probabilities_path(output_file: Path) -> Path:

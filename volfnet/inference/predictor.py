@@ -41,7 +41,7 @@ from volfnet.inference.export import (
     ExportedPrediction,
     probabilities_path,
     LogitsHandover,
-    take_logits_to_original,
+    logits_to_original,
     write_prediction,
 )
 from volfnet.inference.inputs import (
@@ -229,7 +229,7 @@ class Predictor:
 
     def _to_original(self, handover: LogitsHandover, properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
         """Export logits handed over to the export (freed once resampled)."""
-        return take_logits_to_original(
+        return logits_to_original(
             handover, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype,
             self.dataset_json.regions_class_order if self.dataset_json.has_regions else None,
         )
