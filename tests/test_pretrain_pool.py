@@ -141,3 +141,15 @@ def test_images_with_a_channel_count_the_network_cannot_take(roots, tmp_path):
     pool, _ = build_pool(request("6"))
     with pytest.raises(VolfnetError, match=r"case_000\.npy: shape \[3, 24, 24, 24\].*channel count"):
         pool.volume(PoolEntry(0, 0, 0))
+
+
+def test_default_configuration_is_3d_fullres_or_the_only_one_planned():
+    from types import SimpleNamespace
+
+    from volfnet.errors import VolfnetError
+    from volfnet.training.pretrain_pool import default_configuration
+
+    assert default_configuration(SimpleNamespace(configurations={"3d_fullres": 0, "2d": 0}, dataset_name="D")) == "3d_fullres"
+    assert default_configuration(SimpleNamespace(configurations={"2d": 0}, dataset_name="D")) == "2d"  # a dataset of pictures
+    with pytest.raises(VolfnetError, match=r"D has no 3d_fullres; choose one of \['2d', '3d_lowres'\] with -c"):
+        default_configuration(SimpleNamespace(configurations={"2d": 0, "3d_lowres": 0}, dataset_name="D"))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from volfnet.cli._common import run_cli
+from volfnet.training.pretrain_pool import default_configuration_of
 from volfnet.training.pretrain import PretrainRequest, pretrain
 from volfnet.training.pretrain_data import DEFAULT_VALIDATION_SAMPLES
 
@@ -20,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("-d", "--datasets", nargs="+", required=True, help="dataset id(s) or name(s); the first one's plans configure the run")
-    parser.add_argument("-c", "--configuration", default="3d_fullres", help="configuration whose network, patch and caches are used (default 3d_fullres)")
+    parser.add_argument("-c", "--configuration", default=None,
+                        help="configuration whose network, patch and caches are used (default 3d_fullres; 2d for a dataset of 2D pictures)")
     parser.add_argument("--network", choices=["fmunet", "pctnet"], help="network (default: the plans' network)")
     parser.add_argument(
         "--published", action="store_true",
@@ -64,7 +66,7 @@ def request_from_args(args: argparse.Namespace) -> PretrainRequest:
     """The library request the parsed arguments describe."""
     return PretrainRequest(
         datasets=list(args.datasets),
-        configuration=args.configuration,
+        configuration=args.configuration or default_configuration_of(str(args.datasets[0])),
         network=args.network,
         published=args.published,
         tag=args.tag,

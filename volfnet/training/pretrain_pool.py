@@ -248,8 +248,12 @@ class PoolDataset:
         return self.folder.name
 
 
-def open_preprocessed_dataset(identifier: str, configuration: str) -> PoolDataset:
-    """The preprocessed dataset, checked to have plans for ``configuration``."""
+DEFAULT_CONFIGURATION = "3d_fullres"
+
+
+def open_preprocessed_dataset(identifier: str, configuration: str | None) -> PoolDataset:
+    """The preprocessed dataset, checked to have plans for ``configuration`` (None: the
+    dataset's :func:`default_configuration`)."""
     hint = f"volfnet_plan_and_preprocess -d {identifier}"
     try:
         folder = find_dataset_folder(identifier, paths.preprocessed_root())
@@ -259,12 +263,33 @@ def open_preprocessed_dataset(identifier: str, configuration: str) -> PoolDatase
     if not plans_file.is_file():
         raise VolfnetError(f"{plans_file} does not exist: run `{hint}` first")
     plans = Plans.load(plans_file)
+    if configuration is None:
+        configuration = default_configuration(plans)
     if configuration not in plans.configurations:
         raise VolfnetError(f"configuration {configuration!r} is not in {plans_file} (planned: {sorted(plans.configurations)})")
     dataset_file = folder / "dataset.json"
     if not dataset_file.is_file():
         raise VolfnetError(f"{dataset_file} does not exist: run `{hint}` again")
     return PoolDataset(folder, plans, DatasetJson.load(dataset_file))
+
+
+def default_configuration(plans: Plans) -> str:
+    """``3d_fullres``, or the single configuration of plans without it (a 2D dataset plans
+    ``2d`` alone); an error listing them when the choice is not clear."""
+    if DEFAULT_CONFIGURATION in plans.configurations:
+        return DEFAULT_CONFIGURATION
+    if len(plans.configurations) == 1:
+        return next(iter(plans.configurations))
+    raise VolfnetError(f"{plans.dataset_name} has no {DEFAULT_CONFIGURATION}; choose one of {sorted(plans.configurations)} with -c")
+
+
+def default_configuration_of(identifier: str) -> str:
+    """:func:`default_configuration` of a preprocessed dataset; 3d_fullres when it cannot be
+    read yet (pretraining then names what is missing)."""
+    try:
+        return default_configuration(open_preprocessed_dataset(identifier, None).plans)
+    except VolfnetError:
+        return DEFAULT_CONFIGURATION
 
 
 def pool_folder(dataset_folder: Path, configuration: str) -> Path:
