@@ -142,6 +142,17 @@ def _region_dataset(raw_root, dataset_id: int = 1):
     return outside
 
 
+def test_a_region_value_in_no_label_map_is_an_error_before_anything_is_written(roots, capsys):
+    _region_dataset(roots["raw"])
+    dataset_file = roots["raw"] / "Dataset001_Toy" / "dataset.json"
+    data = json.loads(dataset_file.read_text())
+    data["labels"] = {"background": 0, "blob": [1, 2, 3], "half": [2]}  # no case has value 3
+    dataset_file.write_text(json.dumps(data))
+    assert plan_main(["-d", "1", "--target", "cpu", "-np", "1"]) == 2
+    assert "the regions list label value(s) [3] that occur in no training label map (values found: [0, 1, 2])" in capsys.readouterr().err
+    assert not (roots["preprocessed"] / "Dataset001_Toy").exists()
+
+
 @pytest.mark.slow
 def test_region_training_prediction_and_evaluation_end_to_end(roots, tmp_path):
     torch.set_num_threads(1)

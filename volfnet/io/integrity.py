@@ -383,6 +383,14 @@ def check_dataset_integrity(
         raise DataIntegrityError(problems, header=f"{dataset.folder}: dataset integrity check failed")
 
     found = sorted({v for check in checks for v in check.label_values})
+    if ds_json.has_regions:  # a listed value no case has is a typo or a wrong dataset.json: it would train nothing
+        absent = sorted({v for region in ds_json.regions for v in region} - set(found))
+        if absent:
+            raise DataIntegrityError(
+                [f"{dataset.folder / 'dataset.json'}: the regions list label value(s) {absent} that occur in no training "
+                 f"label map (values found: {found}); remove them from the regions or fix the label maps"],
+                header=f"{dataset.folder}: dataset integrity check failed",
+            )
     never: dict[str, Any]
     if ds_json.has_regions:  # a region is present where any of its values is
         never = {name: list(region) for name, region in zip(ds_json.region_names, ds_json.regions) if not set(region) & set(found)}
