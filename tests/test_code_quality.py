@@ -75,3 +75,50 @@ def test_docstrings_name_modules_and_objects_that_exist():
             else:
                 missing.append(f"{path.relative_to(REPOSITORY)}: {name}")
     assert not missing, missing
+
+
+# Imports run downhill (DESIGN.md): a room imports only rooms of its own layer or below.
+# io.files (atomic writes, JSON) is a leaf every layer may use, the plans included.
+LAYERS = {
+    0: ("errors", "values", "schema", "paths", "parallel", "plans", "volf", "io.files", "__init__", "__version__"),
+    1: ("io", "networks", "data"),
+    2: ("preprocessing", "evaluation", "checkpoint", "model_folder"),
+    3: ("planning", "inference"),
+    4: ("training", "model_selection", "model_sharing"),
+    5: ("cli", "demo"),
+}
+
+
+def _layer(dotted: str) -> int:
+    """The layer of ``volfnet.<dotted>``: its longest listed prefix decides (io.files before io)."""
+    parts = dotted.split(".")
+    for length in range(len(parts), 0, -1):
+        for layer, rooms in LAYERS.items():
+            if ".".join(parts[:length]) in rooms:
+                return layer
+    raise AssertionError(f"volfnet.{dotted} is in no layer of LAYERS: add it")
+
+
+def _volfnet_imports(path: Path) -> list[str]:
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("volfnet"):
+            module = node.module.removeprefix("volfnet").lstrip(".")
+            found += [module] if module else [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [alias.name.removeprefix("volfnet.") for alias in node.names if alias.name.startswith("volfnet.")]
+    return found
+
+
+def test_imports_run_downhill():
+    uphill = []
+    for path in sorted((REPOSITORY / "volfnet").rglob("*.py")):
+        source = ".".join(path.relative_to(REPOSITORY / "volfnet").with_suffix("").parts)
+        for target in _volfnet_imports(path):
+            if _layer(target) > _layer(source):
+                uphill.append(f"volfnet.{source} imports volfnet.{target}")
+    assert not uphill, "\n".join(uphill)
+    assert _layer("inference.predictor") < _layer("training.loop")  # inference never imports training
+    assert _layer("networks.fmunet") < _layer("planning.planner")  # networks never import the planner

@@ -29,7 +29,7 @@ from helpers.training import Interrupted, InterruptingTask, PatchOnlyTask, blob_
 from volfnet.checkpoint import load_checkpoint
 from volfnet.inference.predictor import Predictor
 from volfnet.networks import runtime
-from volfnet.preprocessing.case_store import load_case
+from volfnet.io.case_store import load_case
 from volfnet.training.distributed import free_port
 from volfnet.training.loop import run_training
 

@@ -21,7 +21,7 @@ from volfnet.inference.predictor import Predictor
 from volfnet.io.dataset import DatasetJson, RawDataset
 from volfnet.io.integrity import check_dataset_integrity
 from volfnet.planning.fingerprint import fingerprint_arrays
-from volfnet.preprocessing.case_store import list_preprocessed_cases, load_properties
+from volfnet.io.case_store import list_preprocessed_cases, load_properties
 from volfnet.training.losses import DiceCEConfig, dice_ce_loss
 
 IGNORE = 3

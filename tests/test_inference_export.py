@@ -20,7 +20,7 @@ from volfnet.inference.export import (
 )
 from volfnet.io.image_io import ImageGeometry
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 from volfnet.preprocessing.preprocessor import preprocess_array
 
 NUM_CLASSES = 3

@@ -27,7 +27,7 @@ from volfnet.model_folder import checkpoint_path, fold_folder, write_model_folde
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.pctnet import published_pctnet_topology
 from volfnet.plans import apply_override
-from volfnet.preprocessing.case_store import load_case
+from volfnet.io.case_store import load_case
 
 ROTATION = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
 SHIFTED_ORIGIN = (-20.0, 33.5, 4.0)

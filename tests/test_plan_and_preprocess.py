@@ -14,7 +14,7 @@ from volfnet.planning.fingerprint import Fingerprint
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
 from volfnet.plans import Plans
-from volfnet.preprocessing.case_store import list_preprocessed_cases, load_case
+from volfnet.io.case_store import list_preprocessed_cases, load_case
 
 
 def run(dataset, **kwargs):

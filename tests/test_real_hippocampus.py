@@ -8,7 +8,7 @@ from volfnet.io.image_io import read_image
 from volfnet.io.msd import convert_msd_dataset
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
-from volfnet.preprocessing.case_store import list_preprocessed_cases, load_case
+from volfnet.io.case_store import list_preprocessed_cases, load_case
 
 HIPPOCAMPUS = SHARED_DATA / "Task04_Hippocampus"
 pytestmark = pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data not found at {HIPPOCAMPUS}")

@@ -23,7 +23,7 @@ from volfnet.evaluation.evaluate import evaluate_folder
 from volfnet.inference.export import cropped_logits_to_original, load_probabilities
 from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry
-from volfnet.preprocessing.case_store import CaseProperties
+from volfnet.io.case_store import CaseProperties
 from volfnet.training.losses import DiceCEConfig, dice_ce_loss, hard_dice_counts
 
 BRATS_LABELS = {"background": 0, "whole tumour": [1, 2, 3], "tumour core": [2, 3], "enhancing tumour": 3}

@@ -54,7 +54,7 @@ from volfnet.networks.build import build_network_from_topology
 from volfnet.planning.plan_and_preprocess import PlanAndPreprocessRequest, plan_and_preprocess
 from volfnet.planning.planner import PlannerOptions
 from volfnet.plans import ConfigurationPlan, Plans
-from volfnet.preprocessing.case_store import list_preprocessed_cases, load_case
+from volfnet.io.case_store import list_preprocessed_cases, load_case
 from volfnet.training.config import supervised_defaults
 from volfnet.training.loop import run_training
 from volfnet.training.segmentation import SegmentationTask

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from volfnet.data.patch_sampler import crop_with_padding
 from volfnet.networks.build import build_network
 from volfnet.plans import Plans
-from volfnet.preprocessing.case_store import load_case
+from volfnet.io.case_store import load_case
 from volfnet.training.initial_weights import load_initial_weights
 
 HERE = Path(__file__).resolve().parent

@@ -49,7 +49,7 @@ import numpy as np
 
 from volfnet.io.files import atomic_write_json
 from volfnet.model_folder import checkpoint_path, fold_folder, model_folder_path, pretrain_folder, snapshot_path
-from volfnet.preprocessing.case_store import list_preprocessed_cases
+from volfnet.io.case_store import list_preprocessed_cases
 from volfnet.training.config import DEFAULT_SEED
 
 HERE = Path(__file__).resolve().parent

@@ -49,7 +49,7 @@ from volfnet.io.image_io import ImageGeometry
 from volfnet.model_folder import checkpoint_path, fold_folder, write_model_folder_files
 from volfnet.networks.build import build_network_from_topology
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology, Plans, ResamplingSpec
-from volfnet.preprocessing.case_store import CaseProperties
+from volfnet.io.case_store import CaseProperties
 
 KB_PER_MB = 1024  # ru_maxrss is in kilobytes on Linux
 MB = 2**20

@@ -40,7 +40,7 @@ from volfnet.data.batches import training_producer
 from volfnet.data.loader import BatchLoader
 from volfnet.io.image_io import ImageGeometry
 from volfnet.plans import ChannelNormalization, ConfigurationPlan, NetworkTopology
-from volfnet.preprocessing.case_store import (
+from volfnet.io.case_store import (
     CaseProperties,
     list_preprocessed_cases,
     save_case,

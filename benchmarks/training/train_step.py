@@ -63,7 +63,7 @@ def ensure_preprocessed() -> Path:
 def make_task(folder: Path, config):
     from volfnet.io.dataset import DatasetJson
     from volfnet.plans import Plans
-    from volfnet.preprocessing.case_store import list_preprocessed_cases
+    from volfnet.io.case_store import list_preprocessed_cases
     from volfnet.training.segmentation import SegmentationTask
 
     plans = Plans.load(folder / "plans.json")

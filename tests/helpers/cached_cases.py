@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.io.image_io import ImageGeometry
-from volfnet.preprocessing.case_store import CaseProperties, save_case
+from volfnet.io.case_store import CaseProperties, save_case
 
 
 def make_case(folder: Path, case_id: str, image: np.ndarray, seg: np.ndarray | None) -> None:

@@ -42,7 +42,7 @@ from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 from volfnet.data.spatial import SpatialAugmentation, SpatialParameters, rotation_extent
 from volfnet.data.transforms import DeepSupervisionTargets, MaskOutsideNonzero
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
 DUMMY_2D_ANISOTROPY = 3.0  # patch longer than 3x its first (slice) axis: augment in-plane only, like nnU-Net
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import (
+from volfnet.io.case_store import (
     CaseProperties,
     case_file_problems,
     list_preprocessed_cases,

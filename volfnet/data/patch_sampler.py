@@ -20,7 +20,7 @@ import numpy as np
 
 from volfnet.data.cached_dataset import CachedCase, CachedDataset
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
 FOREGROUND_OVERSAMPLING = 0.33  # share of each batch centred on foreground (nnU-Net's proven default)
 IMAGE_PAD_VALUE = 0.0  # normalised images are ~zero-mean, and 0 is also what the nonzero crop removed

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import affine_transform
 
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
 ROTATION_GRID_MAX_3D = 61  # angles per axis when bounding the rotated patch: 61^3 matrices stay cheap
 ROTATION_GRID_MAX_2D = 721  # in-plane only: half-degree steps over the full circle

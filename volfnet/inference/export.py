@@ -31,7 +31,7 @@ from volfnet.evaluation.postprocessing import PostprocessingDecision, apply_post
 from volfnet.io.files import atomic_path
 from volfnet.io.image_io import ImageGeometry, file_ending, write_image
 from volfnet.plans import ResamplingSpec
-from volfnet.preprocessing.case_store import CaseProperties
+from volfnet.io.case_store import CaseProperties
 from volfnet.preprocessing.resampling import resample_logits
 
 __all__ = [

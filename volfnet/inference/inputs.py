@@ -31,7 +31,7 @@ from volfnet.io.image_io import (
     read_case,
 )
 from volfnet.plans import Plans
-from volfnet.preprocessing.case_store import CaseProperties, load_case
+from volfnet.io.case_store import CaseProperties, load_case
 from volfnet.preprocessing.preprocessor import preprocess_array
 
 logger = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ from volfnet.networks.runtime import full_resolution_outputs, resolve_device
 from volfnet.parallel import select_part, worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
-from volfnet.preprocessing.case_store import CaseProperties
+from volfnet.io.case_store import CaseProperties
 from volfnet.preprocessing.preprocessor import preprocess_array
 
 __all__ = ["DEFAULT_PREPROCESSING_WORKERS", "PredictionSummary", "Predictor", "default_preprocessing_workers"]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from volfnet.io.dataset import CaseFiles
 from volfnet.io.image_io import ImageGeometry, read_case, read_segmentation
 from volfnet.parallel import parallel_map
 from volfnet.plans import Plans
-from volfnet.preprocessing.case_store import CaseProperties, is_case_complete, save_case, seg_dtype
+from volfnet.io.case_store import CaseProperties, is_case_complete, save_case, seg_dtype
 from volfnet.preprocessing.cropping import crop_to_nonzero
 from volfnet.preprocessing.normalization import normalize_image
 from volfnet.preprocessing.resampling import new_shape_for_spacing, resample_image, resample_segmentation

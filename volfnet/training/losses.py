@@ -6,7 +6,7 @@ VolF pretraining uses PyMIC's: (soft Dice over all classes including background,
 whole batch, + CE) / 2. Both are :func:`dice_ce_loss` with different :class:`DiceCEConfig`.
 
 Targets are integer label maps (B, 1, *spatial) or (B, *spatial). The value
-:data:`~volfnet.preprocessing.case_store.OUTSIDE_MASK_LABEL` (-1, outside the nonzero mask) is
+:data:`~volfnet.io.case_store.OUTSIDE_MASK_LABEL` (-1, outside the nonzero mask) is
 background here, as in nnU-Net's training pipeline (which already maps it; the loss does it
 again so a task that skips that step cannot index out of range). The dataset's *ignore label*
 (``DiceCEConfig.ignore_label``, nnU-Net's sparse-annotation convention) is different: those
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from volfnet.errors import VolfnetError
-from volfnet.preprocessing.case_store import OUTSIDE_MASK_LABEL
+from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
 DEFAULT_SMOOTH = 1e-5  # nnU-Net's and PyMIC's Dice smoothing: keeps empty classes finite
 DROP_LOWEST_MIN_OUTPUTS = 3  # with this many outputs or more, the coarsest gets weight 0 (nnU-Net)

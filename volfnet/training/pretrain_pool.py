@@ -50,7 +50,7 @@ from volfnet.io.files import load_npy
 from volfnet.io.image_io import SUPPORTED_ENDINGS
 from volfnet.plans import Plans
 from volfnet.preprocessing.cache_stamp import CONFIGURATION_STAMP, preprocessing_stamp, recorded_source, renew_stamp
-from volfnet.preprocessing.case_store import case_paths, list_preprocessed_cases
+from volfnet.io.case_store import case_paths, list_preprocessed_cases
 from volfnet.preprocessing.preprocessor import preprocess_cases
 
 logger = logging.getLogger(__name__)

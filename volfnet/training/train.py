@@ -31,7 +31,7 @@ from volfnet.model_folder import (
     write_model_folder_files,
 )
 from volfnet.plans import Plans
-from volfnet.preprocessing.case_store import case_paths, list_preprocessed_cases
+from volfnet.io.case_store import case_paths, list_preprocessed_cases
 from volfnet.training import distributed
 from volfnet.training.config import (
     TrainerConfig,
