@@ -97,18 +97,7 @@ def ensure_volfnet_cases(nnunet_folder: Path) -> Path:
     for case_id, info in index.items():
         shape = info["shape"]
         geometry = ImageGeometry(info["spacing"][::-1], [0.0, 0.0, 0.0], [1, 0, 0, 0, 1, 0, 0, 0, 1], shape)
-        properties = CaseProperties(
-            case_id=case_id,
-            original_geometry=geometry,
-            transpose_forward=[0, 1, 2],
-            shape_before_cropping=shape,
-            bbox=[[0, s] for s in shape],
-            shape_after_cropping=shape,
-            spacing_before_resampling=info["spacing"],
-            spacing_after_resampling=info["spacing"],
-            shape_after_resampling=shape,
-            class_locations={int(k): v for k, v in info["class_locations"].items()},
-        )
+        properties = CaseProperties.unprocessed(case_id, geometry, info["spacing"], {int(k): v for k, v in info["class_locations"].items()})
         image = np.load(export / f"{case_id}.npy")
         seg = np.load(export / f"{case_id}_seg.npy")
         save_case(cases, image, seg, properties)

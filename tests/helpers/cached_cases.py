@@ -20,18 +20,7 @@ def make_case(folder: Path, case_id: str, image: np.ndarray, seg: np.ndarray | N
             if label > 0:
                 locations[int(label)] = np.argwhere(seg[0] == label).tolist()
     geometry = ImageGeometry([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1, 0, 0, 0, 1, 0, 0, 0, 1], shape)
-    properties = CaseProperties(
-        case_id=case_id,
-        original_geometry=geometry,
-        transpose_forward=[0, 1, 2],
-        shape_before_cropping=shape,
-        bbox=[[0, s] for s in shape],
-        shape_after_cropping=shape,
-        spacing_before_resampling=[1.0, 1.0, 1.0],
-        spacing_after_resampling=[1.0, 1.0, 1.0],
-        shape_after_resampling=shape,
-        class_locations=locations,
-    )
+    properties = CaseProperties.unprocessed(case_id, geometry, [1.0, 1.0, 1.0], locations)
     save_case(folder, image.astype(np.float32), seg, properties)
 
 

@@ -58,6 +58,19 @@ class CaseProperties:
         }
 
     @classmethod
+    def unprocessed(
+        cls, case_id: str, geometry: ImageGeometry, spacing: list[float], class_locations: dict[int, list[list[int]]] | None = None
+    ) -> CaseProperties:
+        """A case stored as it was given, not transposed, cropped or resampled (data prepared
+        elsewhere: another tool's preprocessing, test volumes); ``spacing`` in numpy order."""
+        shape = list(geometry.shape)
+        return cls(
+            case_id=case_id, original_geometry=geometry, transpose_forward=[0, 1, 2], shape_before_cropping=shape,
+            bbox=[[0, s] for s in shape], shape_after_cropping=shape, spacing_before_resampling=list(spacing),
+            spacing_after_resampling=list(spacing), shape_after_resampling=shape, class_locations=dict(class_locations or {}),
+        )
+
+    @classmethod
     def from_dict(cls, data: dict, source: str = "properties") -> CaseProperties:
         if data.get("properties_version") != PROPERTIES_VERSION:
             raise VolfnetError(f"{source}: unsupported properties version {data.get('properties_version')}; re-run preprocessing")
