@@ -294,8 +294,12 @@ def read_channels(path: Path) -> tuple[np.ndarray, ImageGeometry]:
 
 def read_geometry(path: Path) -> ImageGeometry:
     """The geometry of an image as volfnet reads it (a picture's ``[1, Y, X]`` with spacing
-    999 on the missing axis, a TIFF stack's sidecar spacing), not the file's own header."""
-    return read_channels(path)[1]
+    999 on the missing axis, a TIFF stack's sidecar spacing), not the file's own header.
+    A medical volume's geometry is its header's, without converting the voxels."""
+    image = read_sitk(path)
+    if file_ending(path) in MEDICAL_ENDINGS:
+        return geometry_of(image)
+    return channels_of(image, Path(path))[1]
 
 
 def read_image(path: Path) -> tuple[np.ndarray, ImageGeometry]:

@@ -102,12 +102,8 @@ def _candidate(name: str, models: list[Path], folder: Path, summary: dict[str, A
     return Candidate(name, models, folder, float(summary["foreground_mean"]["Dice"]), per_label)
 
 
-def _cases(pool: CrossValidation) -> set[str]:
-    return {Path(case["prediction"]).name for case in pool.summary["per_case"]}
-
-
-def _has_probabilities(pool: CrossValidation, ending: str) -> bool:
-    return all((pool.folder / (name[: -len(ending)] + PROBABILITIES_ENDING)).is_file() for name in _cases(pool))
+def _has_probabilities(pool: CrossValidation) -> bool:
+    return all((pool.folder / f"{case}{PROBABILITIES_ENDING}").is_file() for case in pool.cases)
 
 
 def _ensemble(
@@ -120,8 +116,7 @@ def _ensemble(
     if folder.exists():
         shutil.rmtree(folder)  # made from the pools alone: rebuilt, never merged with an older run
     ensemble_folders([pair[0].folder, pair[1].folder], folder, num_workers, dataset_json=dataset_json, progress=False)
-    cases = sorted(name[: -len(dataset_json.file_ending)] for name in _cases(pair[0]))
-    summary = score_against_labels(folder, cases, dataset_name, dataset_json, num_workers, extra={"models": [str(m) for m in models]})
+    summary = score_against_labels(folder, pair[0].cases, dataset_name, dataset_json, num_workers, extra={"models": [str(m) for m in models]})
     return _candidate(name, list(models), folder, summary)
 
 
@@ -165,7 +160,7 @@ def find_best_configuration(
         raise VolfnetError(f"no model of {dataset_folder.name} has a complete cross-validation over folds {wanted_folds} ({reasons})")
     reference = next(iter(pools.values()))
     for model, pool in pools.items():
-        if _cases(pool) != _cases(reference):
+        if pool.cases != reference.cases:
             raise VolfnetError(
                 f"{model.name} and {next(iter(pools)).name} validated different cases over folds {wanted_folds}: "
                 "they were trained with different splits.json files and cannot be compared"
@@ -174,7 +169,7 @@ def find_best_configuration(
     if ensembles:
         for first, second in itertools.combinations(pools, 2):
             label = f"{first.name} + {second.name}"
-            lacking = [m.name for m in (first, second) if not _has_probabilities(pools[m], ending)]
+            lacking = [m.name for m in (first, second) if not _has_probabilities(pools[m])]
             if lacking:
                 skipped[label] = f"no saved probabilities in {', '.join(lacking)} (train its folds with --npz, or rerun their validation with --val --npz)"
                 continue
@@ -191,8 +186,7 @@ def find_best_configuration(
     if postprocessing and dataset_json.has_regions:
         skipped["postprocessing"] = "not decided: the dataset's labels are regions (largest-component postprocessing works on classes)"
     elif postprocessing:
-        cases = sorted(name[: -len(ending)] for name in _cases(reference))
-        with reference_folder(dataset_folder.name, cases, ending) as labels:
+        with reference_folder(dataset_folder.name, reference.cases, ending) as labels:
             decision = determine_postprocessing(
                 labels, best.folder, dataset_json.labels, output_folder=best.folder, file_ending=ending,
                 num_workers=num_workers, ignore_label=dataset_json.ignore_label,

@@ -44,6 +44,7 @@ class CrossValidation:
     folds: list[int]
     missing_folds: list[int] = field(default_factory=list)  # in splits.json, but not validated
     summary: dict = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)  # the pooled case ids, sorted
 
 
 def expected_folds(model_folder: Path, dataset_name: str) -> list[int]:
@@ -140,4 +141,4 @@ def pool_cross_validation(model_folder: Path, folds: list[int] | None = None, nu
         output, list(cases), plans.dataset_name, dataset_json, num_workers, extra={"folds": done, "missing_folds": missing}
     )
     logger.info("cross-validation of folds %s (%d cases): %s", done, len(cases), output / "summary.json")
-    return CrossValidation(output, done, missing, summary)
+    return CrossValidation(output, done, missing, summary, sorted(cases))

@@ -252,8 +252,7 @@ DEFAULT_CONFIGURATION = "3d_fullres"
 
 
 def open_preprocessed_dataset(identifier: str, configuration: str | None) -> PoolDataset:
-    """The preprocessed dataset, checked to have plans for ``configuration`` (None: the
-    dataset's :func:`default_configuration`)."""
+    """The preprocessed dataset, checked to have plans for ``configuration`` (None: any)."""
     hint = f"volfnet_plan_and_preprocess -d {identifier}"
     try:
         folder = find_dataset_folder(identifier, paths.preprocessed_root())
@@ -263,9 +262,7 @@ def open_preprocessed_dataset(identifier: str, configuration: str | None) -> Poo
     if not plans_file.is_file():
         raise VolfnetError(f"{plans_file} does not exist: run `{hint}` first")
     plans = Plans.load(plans_file)
-    if configuration is None:
-        configuration = default_configuration(plans)
-    if configuration not in plans.configurations:
+    if configuration is not None and configuration not in plans.configurations:
         raise VolfnetError(f"configuration {configuration!r} is not in {plans_file} (planned: {sorted(plans.configurations)})")
     dataset_file = folder / "dataset.json"
     if not dataset_file.is_file():
