@@ -31,6 +31,7 @@ INTERRUPT_AT = 2 * PER_EPOCH  # the first batch of epoch 2: epochs 0 and 1 are c
 # 50/50 mix of two independent crops has half the local variance of either. (Telling alpha 0
 # from alpha 1 needs long-range context that such a short run does not learn.)
 VOLF_SETTINGS = [
+    "volf.fusion_mode=grid",  # the blocks above; auto would pick box fusion for images this close to the patch
     "volf.num_classes=3",
     "volf.augmentation_mode=0",
     "volf.block_size_min=[6,6,6]",
@@ -101,6 +102,7 @@ def test_interrupted_run_resumes_with_c_and_keeps_its_validation_set(run):
     assert validation == run["before"]["validation"]
     settings = json.loads((folder / "pretrain_settings.json").read_text())
     assert settings["volf"]["num_classes"] == 3 and settings["validation_samples"] == 16
+    assert settings["volf"]["fusion_mode"] == "grid"
     assert [p["name"] for p in settings["pool"]] == ["Dataset001_Noise/imagesTr", "Dataset001_Noise/imagesTs"]
     samples = imread(folder / "samples.png")
     assert samples.shape[1] == 5 * PANEL_PIXELS  # foreground, background, fused image, label, prediction

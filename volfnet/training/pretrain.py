@@ -74,7 +74,8 @@ from volfnet.training.pretrain_task import (
     VolFPretrainingTask,
     sample_examples,
 )
-from volfnet.volf.config import VolFConfig, apply_volf_override
+from volfnet.volf.config import AUTO_FUSION_MODE, VolFConfig, apply_volf_override
+from volfnet.volf.pretext_choice import choose_fusion_mode
 from volfnet.volf.visualize import save_samples_png
 
 logger = logging.getLogger(__name__)
@@ -198,16 +199,21 @@ def _stored_settings(run_folder: Path) -> dict | None:
     return read_json(path) if path.is_file() else None
 
 
-def volf_settings(base_patch: list[int], volf_overrides: list[str], stored: dict | None) -> VolFConfig:
-    """The published VolF settings with the run's patch (or the stored settings of a resumed
-    run), then the ``volf.`` overrides."""
+def volf_settings(base_patch: list[int], volf_overrides: list[str], stored: dict | None, median_image_shape: list[int]) -> VolFConfig:
+    """The published VolF settings with the run's patch and the fusion pretext chosen for the
+    images' size (or the stored settings of a resumed run), then the ``volf.`` overrides.
+
+    The pretext default is ``auto``: box fusion of two images where two crops of one image of
+    ``median_image_shape`` would overlap heavily, else the published grid fusion
+    (:mod:`volfnet.volf.pretext_choice`); ``volf.fusion_mode`` overrides it.
+    """
     if stored is not None and "volf" in stored:
         config = VolFConfig.from_dict(stored["volf"], source=f"{SETTINGS_FILE}: volf")
     else:
-        config = VolFConfig(patch_size=list(base_patch))
+        config = VolFConfig(patch_size=list(base_patch), fusion_mode=AUTO_FUSION_MODE)
     for assignment in volf_overrides:
         config = apply_volf_override(config, assignment)
-    return config.resolved()
+    return choose_fusion_mode(config, median_image_shape).resolved()
 
 
 def trainer_settings(
@@ -272,7 +278,7 @@ def prepare(request: PretrainRequest, write: bool = True) -> PreparedPretraining
     stored_settings = resumed.settings if resumed is not None else None
     if resumed is not None:
         topology, patch = resumed.topology, resumed.patch  # the run's network, even if the plans changed since
-    volf = volf_settings(patch, volf_overrides, stored_settings)
+    volf = volf_settings(patch, volf_overrides, stored_settings, plans.configuration(request.configuration).median_shape)
     if list(volf.patch_size) != list(patch) and topology.name == "pctnet":
         if request.resume:
             raise VolfnetError(f"PCT-Net was built for input size {topology.input_size}; a resumed run cannot change volf.patch_size")

@@ -31,7 +31,8 @@ from typing import Any
 from volfnet.values import is_number
 from volfnet.errors import VolfnetError
 
-FUSION_MODES = ("grid", "box")
+AUTO_FUSION_MODE = "auto"  # box or grid from the images' size (volfnet.volf.pretext_choice), before sampling
+FUSION_MODES = ("grid", "box", AUTO_FUSION_MODE)
 AUGMENTATION_MODES = (0, 1, 2, 3)
 # Labels are stored as uint8, so at most 256 classes (K = 255 mixing levels).
 MAX_NUM_CLASSES = 256
@@ -113,7 +114,9 @@ class VolFConfig:
     Spatial = per-axis random scale in [scale_lower, scale_upper] and random flips; intensity
     = random-percentile contrast map to [0, 1], gamma, and a joint inversion of both crops.
     ``num_classes`` is K + 1 (mixing levels 0, 1/K, ..., 1). ``fusion_mode`` "grid" is the
-    journal version (default), "box" the arXiv-v1 version.
+    journal version (default), "box" the arXiv-v1 version, "auto" one of them chosen from the
+    images' size by :func:`volfnet.volf.pretext_choice.choose_fusion_mode` (``volfnet_pretrain``'s
+    default), which must happen before sampling.
     """
 
     patch_size: list[int] = field(default_factory=lambda: list(REFERENCE_PATCH))

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from volfnet.volf.config import VolFConfig
+from volfnet.errors import VolfnetError
+from volfnet.volf.config import AUTO_FUSION_MODE, VolFConfig
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ def box_label_map(patch_size: Sequence[int], params: BoxParams) -> np.ndarray:
 
 def draw_label_map(config: VolFConfig, rng: np.random.Generator) -> np.ndarray:
     """Draw and build the label map of ``config.fusion_mode``."""
+    if config.fusion_mode == AUTO_FUSION_MODE:
+        raise VolfnetError(
+            "VolF fusion_mode 'auto' is chosen from the images' size before sampling "
+            "(volfnet.volf.pretext_choice.choose_fusion_mode); set 'grid' or 'box' to sample directly"
+        )
     if config.fusion_mode == "grid":
         return grid_label_map(config.patch_size, draw_grid_params(config, rng))
     return box_label_map(config.patch_size, draw_box_params(config, rng))
