@@ -39,7 +39,9 @@ setup(
         "threadpoolctl>=3",
         "matplotlib>=3.6",
     ],
-    extras_require={"test": TEST, "dev": TEST},
+    # openvino: the optional faster CPU backend of volfnet_predict (--backend openvino); 2024.0 is
+    # the first release whose ov.convert_model takes a PyTorch module with the properties used.
+    extras_require={"test": TEST, "dev": TEST, "openvino": ["openvino>=2024.0"]},
     entry_points={
         "console_scripts": [
             "volfnet_plan_and_preprocess=volfnet.cli.plan_and_preprocess:main",

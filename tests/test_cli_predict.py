@@ -150,6 +150,18 @@ def test_options_reach_the_predictor(setup, tmp_path, capsys, monkeypatch):
     assert seen["folder"] == setup.model_folder
     assert seen["folds"] == ["1", "0"] and seen["checkpoint"] == "best" and seen["device"] == "cpu"
     assert seen["use_mirroring"] is False and seen["step_fraction"] == 0.75 and seen["num_workers"] == 0
+    assert seen["mirror_axes"] is None  # every axis training mirrored
+    assert seen["backend"] == "torch" and seen["compile"] is False
+
+
+def test_mirror_axes_outside_the_trained_ones_are_a_one_line_error(setup, tmp_path, capsys):
+    trained = setup.plans.configuration("3d_fullres").mirror_axes
+    code, _, err = run(["-i", setup.input_folder, "-o", tmp_path, "-m", setup.model_folder, "--mirror-axes", "2", "7"], capsys)
+    assert code == 2 and f"mirror axes [2, 7]: training mirrored only axes {trained} (0 = Z)" in err and "Traceback" not in err
+    code, _, err = run(["-i", setup.input_folder, "-o", tmp_path / "out", "-m", setup.model_folder, "--device", "cpu",
+                        "--mirror-axes", str(trained[-1]), "-np", "0"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "case_000.nii.gz").is_file()
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,9 @@ from torch import nn
 from volfnet.checkpoint import CheckpointSpec, save_checkpoint
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.evaluation.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision, save_postprocessing
+from volfnet.inference import openvino_backend
 from volfnet.inference.inputs import find_input_cases, single_file_case
+from volfnet.inference.openvino_backend import OpenVinoNetwork, check_backend
 from volfnet.inference.predictor import Predictor
 from volfnet.inference.sliding_window import tile_starts
 from volfnet.io.image_io import read_case
@@ -339,3 +341,68 @@ def test_nan_in_an_image_names_the_file(setup, predictor, tmp_path):
     rewrite(setup.input_folder / "case_000_0000.nii.gz", tmp_path / "bad_0000.nrrd", change=put_nan)
     with pytest.raises(VolfnetError, match=r"bad_0000.nrrd: image contains 1 NaN or infinite voxel"):
         predictor.predict_files([tmp_path / "bad_0000.nrrd"], tmp_path / "bad.nii.gz")
+
+
+# --- the CPU speed lever: fewer mirror passes --------------------------------------------------------
+
+
+def test_mirror_axes_subset_runs_two_passes_per_axis_and_unknown_axes_are_refused(setup):
+    data, _, _ = load_case(setup.preprocessed_folder, "case_000", with_seg=False)
+    trained = list(setup.plans.configuration(CONFIGURATION).mirror_axes)
+    padded = [max(s, p) for s, p in zip(data.shape[1:], PATCH)]
+    tiles = int(np.prod([len(s) for s in tile_starts(padded, PATCH)]))
+    network = Pointwise()
+    predictor = Predictor([network], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", mirror_axes=trained[-1:], progress=False)
+    reference = Predictor([Pointwise()], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", use_mirroring=False, progress=False)
+    torch.testing.assert_close(predictor.predict_logits(data), reference.predict_logits(data), rtol=1e-5, atol=1e-5)
+    assert network.calls == tiles * 2
+    no_trained_flips = setup.plans.configuration(CONFIGURATION)
+    plans = apply_override(setup.plans, f"{CONFIGURATION}.mirror_axes=[1, 2]")
+    with pytest.raises(VolfnetError, match=r"mirror axes \[0\]: training mirrored only axes \[1, 2\]"):
+        Predictor([Pointwise()], plans, CONFIGURATION, setup.dataset_json, device="cpu", mirror_axes=[0])
+    assert no_trained_flips.mirror_axes == trained  # the override made a copy
+
+
+def test_compiled_networks_give_the_eager_logits_and_are_compiled_once(setup):
+    data, _, _ = load_case(setup.preprocessed_folder, "case_000", with_seg=False)
+    network = Pointwise()
+    eager = Predictor([network], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", use_mirroring=False, progress=False)
+    compiled = Predictor([network], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", use_mirroring=False, compile=True,
+                         progress=False)
+    expected = eager.predict_logits(data)
+    first = compiled.predict_logits(data)
+    wrappers = compiled._forward_networks()
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled.predict_logits(data), expected, rtol=1e-5, atol=1e-5)
+    assert compiled._forward_networks() is wrappers and wrappers[0] is not network  # one compiled wrapper, reused
+    assert eager._forward_networks() == [network]
+
+
+# --- the OpenVINO backend (optional package) ------------------------------------------------------
+
+
+def test_openvino_backend_gives_the_torch_logits_and_converts_once_per_shape(setup):
+    pytest.importorskip("openvino", reason="the optional openvino package is not installed (pip install openvino)")
+    data, _, _ = load_case(setup.preprocessed_folder, "case_000", with_seg=False)
+    torch_predictor = Predictor.from_model_folder(setup.model_folder, folds=[0], device="cpu", progress=False)
+    openvino_predictor = Predictor.from_model_folder(setup.model_folder, folds=[0], device="cpu", backend="openvino", progress=False)
+    expected = torch_predictor.predict_logits(data)
+    torch.testing.assert_close(openvino_predictor.predict_logits(data), expected, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(openvino_predictor.predict_logits(data), expected, rtol=1e-3, atol=1e-3)
+    (wrapper,) = openvino_predictor._forward_networks()
+    assert isinstance(wrapper, OpenVinoNetwork)
+    assert list(wrapper._compiled) == [(2, 1, *PATCH)]  # one window shape, mirror passes paired: converted once
+
+
+def test_backend_problems_are_clear_errors(setup, monkeypatch):
+    with pytest.raises(VolfnetError, match=r"unknown inference backend 'onnx'; choose one of \['torch', 'openvino'\]"):
+        check_backend("onnx", torch.device("cpu"))
+    with pytest.raises(VolfnetError, match="the openvino backend runs on the CPU; predict with --device cpu"):
+        check_backend("openvino", torch.device("cuda"))
+    monkeypatch.setattr(openvino_backend, "openvino_available", lambda: False)
+    with pytest.raises(VolfnetError, match=r"needs the openvino package: pip install openvino"):
+        Predictor([Pointwise()], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", backend="openvino")
+    monkeypatch.undo()
+    if openvino_backend.openvino_available():
+        with pytest.raises(VolfnetError, match="compile applies to the torch backend"):
+            Predictor([Pointwise()], setup.plans, CONFIGURATION, setup.dataset_json, device="cpu", backend="openvino", compile=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -345,3 +347,24 @@ def test_a_lone_pass_of_a_narrow_network_runs_on_copies_with_the_same_result():
     result = predict_sliding_window(net, image, (8, 12, 16), 4, mirror_axes=None, min_forward_batch=2, **CPU_ONLY)
     assert net.shapes == [(2, 2, 8, 12, 16)]
     torch.testing.assert_close(result, direct(net.inner, image), atol=1e-5, rtol=1e-5)
+
+
+class Terminal(io.StringIO):
+    """A captured stream that says it is a terminal, as tqdm shows bars only on terminals."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_long_cases_show_a_bar_of_window_batches_and_short_ones_do_not(monkeypatch, progress):
+    image = random_image((20, 20, 20), channels=1)
+    network = seeded_conv(1, 2, 3, seed=0)
+    for delay, shown in ((0.0, progress), (3600.0, False)):  # a case shorter than the delay shows nothing
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        monkeypatch.setattr(sw, "TILE_PROGRESS_DELAY_SECONDS", delay)
+        predict_sliding_window(network, image, (8, 8, 8), 2, mirror_axes=None, progress=progress, **CPU_ONLY)
+        monkeypatch.undo()
+        batches = math.ceil(math.prod(len(s) for s in tile_starts((20, 20, 20), (8, 8, 8))) / sw.DEFAULT_TILE_BATCH_SIZE)
+        assert ("sliding window:" in terminal.getvalue() and f"/{batches} [" in terminal.getvalue()) == shown

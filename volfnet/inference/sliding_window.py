@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SPATIAL_DIMS = 3  # volfnet predicts (Z, Y, X) volumes; 2D configurations are not planned
 BYTES_PER_FLOAT32 = 4
 DEFAULT_TILE_BATCH_SIZE = 2  # training fits >= 2 patches with gradients, so 2 tiles fit here; half the calls
+TILE_PROGRESS_DELAY_SECONDS = 5.0  # the per-window bar appears only for cases that take longer (large volumes on a CPU)
 GPU_WORKSPACE_RESERVE_BYTES = 2 * 1024**3  # left free beside the buffers for activations and cuDNN workspaces
 CPU = torch.device("cpu")
 
@@ -140,7 +141,11 @@ def _accumulate(
         pin_memory=source.device.type == "cpu" and compute.type == "cuda",
     )
     with torch.inference_mode():
-        for first in tqdm(range(0, len(windows), tile_batch_size), desc="sliding window", unit="batch", disable=not progress):
+        batches = tqdm(
+            range(0, len(windows), tile_batch_size), desc="sliding window", unit="batch", disable=not progress or None,
+            delay=TILE_PROGRESS_DELAY_SECONDS, leave=False,
+        )
+        for first in batches:
             chunk = windows[first : first + tile_batch_size]
             for slot, window in enumerate(chunk):
                 staging[slot].copy_(source[(slice(None), *window)])
