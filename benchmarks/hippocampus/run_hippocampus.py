@@ -132,6 +132,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--small", type=int, default=10, help="labelled cases of the small label budget")
     parser.add_argument("--validation", type=int, default=20, help="cases of the validation split (choices are made on them)")
     parser.add_argument("--pretrain-iterations", type=int, default=2000)
+    parser.add_argument("--pretraining-iterations", nargs="+", default=[], metavar="NAME=N",
+                        help="iterations of named pretrainings instead of PRETRAININGS' (e.g. box24=4000 for a wider network "
+                        "in the same CPU time)")
     parser.add_argument("--iterations", type=int, default=400, help="training iterations of the two small-budget runs")
     parser.add_argument("--iterations-all", type=int, default=3000, help="iterations of the two runs with every training case")
     parser.add_argument("--iterations-per-epoch", type=int, default=100)
@@ -260,10 +263,15 @@ def main() -> None:
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     network = plans["configurations"][CONFIGURATION]["network"]["name"]
     pretrained = {}
+    overrides = dict(item.split("=", 1) for item in args.pretraining_iterations)
+    unknown = sorted(set(overrides) - set(PRETRAININGS))
+    if unknown:
+        raise SystemExit(f"--pretraining-iterations: unknown pretraining(s) {unknown}; choose among {sorted(PRETRAININGS)}")
     needed = dict.fromkeys(VARIANTS[run.split("_")[1]][0] for run in args.runs)
     for source in [source for source in needed if source is not None]:  # only the pretrainings some run needs
         name, _, snapshot = source.partition(SNAPSHOT_SEPARATOR)
         tag, settings, iterations = PRETRAININGS[name]
+        iterations = int(overrides[name]) if name in overrides else iterations
         folder = pretrain_folder(model_folder_path(DATASET, network, CONFIGURATION, results, tag))
         pretrained[source] = snapshot_path(folder, int(snapshot)) if snapshot else checkpoint_path(folder, "final")
         runner.run("pretrain" + (f" {tag}" if tag else ""),

@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what runs the network: torch (default), or openvino on the CPU (pip install openvino; "
                         "1.6-2.2x faster forward passes on 2 cores, see documentation/inference.md)")
     parser.add_argument("--compile", action="store_true",
-                        help="run the network through torch.compile: a few seconds of compilation, then faster windows "
-                        "(about 10 %% on 2 CPU cores; see documentation/inference.md)")
+                        help="run the network through torch.compile: 3-20 s of compilation per window shape, then faster "
+                        "windows (1.2x for a long prediction with mirroring on 2 CPU cores; see documentation/inference.md)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with the class probabilities")
     parser.add_argument(
         "--postprocessing", default=None, metavar="JSON|none",
@@ -84,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options["postprocessing"] = None if args.postprocessing == NO_POSTPROCESSING else load_postprocessing(Path(args.postprocessing))
         predictor = Predictor.from_model_folder(
             folder, folds=args.folds, checkpoint=args.checkpoint, device=args.device, step_fraction=args.step,
-            use_mirroring=not args.disable_tta, mirror_axes=args.mirror_axes, compile=args.compile,
-            backend=args.backend,
+            use_mirroring=not args.disable_tta, mirror_axes=args.mirror_axes, backend=args.backend, compile=args.compile,
             num_workers=args.num_workers, **options,
         )
         summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing, args.part, args.num_parts)

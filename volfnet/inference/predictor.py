@@ -112,7 +112,7 @@ class Predictor:
     configuration's ``mirror_axes`` (the ones training augmented) unless ``mirror_axes`` names
     fewer of them (2 passes per axis). ``backend="openvino"`` runs the networks with OpenVINO on
     the CPU (optional package; 1.6-2.2x faster forward passes here) and ``compile`` through
-    ``torch.compile`` (seconds of compilation per window shape for about 10 % on the CPU): the
+    ``torch.compile`` (3-20 s of compilation per window shape for 1.1-1.3x on the CPU): the
     speed levers for large volumes (documentation/inference.md). ``postprocessing`` is
     applied to every label map. ``num_workers`` preprocessing processes run ahead of the
     network in :meth:`predict_folder` (0: in this process; None: 2 with CUDA, 0 on the CPU).

@@ -9,8 +9,8 @@ Measured on MSD Hippocampus (documentation/results.md, "Pretext and pretraining 
 with crops whose two boxes overlap by a mean IoU of 0.35, box fusion fine-tuned to 11.4 Dice
 points more than grid fusion on the held-out cases (4 seeds, lower on every seed). The
 published CT setting (a 64 x 128 x 128 patch in a 200 x 300 x 300 volume) overlaps by 0.09,
-where the journal chose grid. ``fusion_mode="auto"`` (the default) picks box from
-:data:`BOX_FUSION_MIN_OVERLAP` on, between those two points, and grid below it.
+where the journal chose grid. ``fusion_mode="auto"`` (``volfnet_pretrain``'s default) picks
+box from :data:`BOX_FUSION_MIN_OVERLAP` on, between those two points, and grid below it.
 """
 
 from __future__ import annotations
