@@ -363,6 +363,7 @@ def test_mirror_axes_subset_runs_two_passes_per_axis_and_unknown_axes_are_refuse
     assert no_trained_flips.mirror_axes == trained  # the override made a copy
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside torch.compile
 def test_compiled_networks_give_the_eager_logits_and_are_compiled_once(setup):
     data, _, _ = load_case(setup.preprocessed_folder, "case_000", with_seg=False)
     network = Pointwise()
@@ -382,7 +383,8 @@ def test_compiled_networks_give_the_eager_logits_and_are_compiled_once(setup):
 
 
 def test_openvino_backend_gives_the_torch_logits_and_converts_once_per_shape(setup):
-    pytest.importorskip("openvino", reason="the optional openvino package is not installed (pip install openvino)")
+    if not openvino_backend.openvino_available():  # checked without importing it (its import warns about torch.jit)
+        pytest.skip("the optional openvino package is not installed (pip install openvino)")
     data, _, _ = load_case(setup.preprocessed_folder, "case_000", with_seg=False)
     torch_predictor = Predictor.from_model_folder(setup.model_folder, folds=[0], device="cpu", progress=False)
     openvino_predictor = Predictor.from_model_folder(setup.model_folder, folds=[0], device="cpu", backend="openvino", progress=False)
