@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from volfnet.volf.config import AUTO_FUSION_MODE, VolFConfig
-from volfnet.volf.pretext_choice import choose_fusion_mode, mean_crop_overlap
+from volfnet.volf.pretext_choice import fusion_mode_for_overlap, mean_crop_overlap
 
 CASES = {
     "MSD Hippocampus median image 36 x 50 x 35, patch 40 x 56 x 40 (cpu_small plan)": ((36, 50, 35), [40, 56, 40]),
@@ -34,7 +34,7 @@ def main() -> None:
     for name, (shape, patch) in CASES.items():
         config = VolFConfig(patch_size=patch, fusion_mode=AUTO_FUSION_MODE)
         overlap = mean_crop_overlap(shape, config, samples=args.samples)
-        print(f"| {name} | {overlap:.2f} | {choose_fusion_mode(config, shape).fusion_mode} |")
+        print(f"| {name} | {overlap:.2f} | {fusion_mode_for_overlap(overlap)} |")  # the overlap computed once
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from volfnet.inference.tiling import tile_starts  # noqa: E402
 from volfnet.io.torch_file import read_torch_file  # noqa: E402
 from volfnet.networks.build import build_network_from_topology  # noqa: E402
+from volfnet.planning.topology import round_up_patch  # noqa: E402
 from volfnet.plans import Plans  # noqa: E402
 
 THREADS = 2
@@ -55,7 +56,7 @@ def main() -> None:
     patch = list(configuration.patch_size)
     if args.whole_image:
         divisors = configuration.network.total_downsampling()
-        patch = [max(p, -(-s // d) * d) for s, p, d in zip(data.shape[1:], patch, divisors)]
+        patch = [max(p, w) for p, w in zip(patch, round_up_patch(list(data.shape[1:]), divisors))]
     classes = spec["num_classes"]
     if args.impl == "volfnet":
         from volfnet.inference.sliding_window import predict_sliding_window

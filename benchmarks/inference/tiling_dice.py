@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 from volfnet.evaluation.evaluate import evaluate_folder  # noqa: E402
 from volfnet.inference.predictor import Predictor  # noqa: E402
 from volfnet.inference.sliding_window import predict_sliding_window  # noqa: E402
+from volfnet.inference.tta import min_forward_batch  # noqa: E402
+from volfnet.planning.topology import round_up_patch  # noqa: E402
 from volfnet.model_folder import ModelFolder  # noqa: E402
 
 logger = logging.getLogger("tiling_dice")
@@ -73,9 +75,10 @@ class WholeImagePredictor(Predictor):
     def predict_logits(self, data):
         image = torch.as_tensor(np.asarray(data, dtype=np.float32))
         divisors = self.configuration.network.total_downsampling()
-        window = [max(p, -(-s // d) * d) for s, p, d in zip(image.shape[1:], self.patch_size, divisors)]
+        window = [max(p, w) for p, w in zip(self.patch_size, round_up_patch(list(image.shape[1:]), divisors))]
         return predict_sliding_window(
-            self.networks, image, window, self.num_classes, mirror_axes=self.mirror_axes, device=self.device, min_forward_batch=2,
+            self.networks, image, window, self.num_classes, mirror_axes=self.mirror_axes, device=self.device,
+            min_forward_batch=min_forward_batch(self.device, self.configuration.network.feature_channels[0]),
         )
 
 

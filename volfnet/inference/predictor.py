@@ -160,7 +160,7 @@ class Predictor:
         if compile and self.backend != "torch":
             raise VolfnetError(f"compile applies to the torch backend; the {self.backend} backend compiles the network itself")
         self.compile = compile
-        self._compiled: list[nn.Module] | None = None  # made on first use, after deep supervision is off
+        self._wrapped: list[nn.Module] | None = None  # OpenVINO or torch.compile wrappers, made on first use (deep supervision off)
         self.postprocessing = postprocessing
         self.num_workers = default_preprocessing_workers(self.device) if num_workers is None else num_workers
         self.probabilities_dtype = probabilities_dtype
@@ -246,13 +246,13 @@ class Predictor:
         batch, so no dynamic-shape tracing)."""
         if self.backend == "torch" and not self.compile:
             return self.networks
-        if self._compiled is None:
+        if self._wrapped is None:
             if self.backend == "openvino":
-                self._compiled = [OpenVinoNetwork(net) for net in self.networks]
+                self._wrapped = [OpenVinoNetwork(net) for net in self.networks]
             else:
                 logger.info("compiling %d network(s) with torch.compile; the first window of each shape is slow", len(self.networks))
-                self._compiled = [cast(nn.Module, torch.compile(net, dynamic=False)) for net in self.networks]
-        return self._compiled
+                self._wrapped = [cast(nn.Module, torch.compile(net, dynamic=False)) for net in self.networks]
+        return self._wrapped
 
     def _to_original(self, handover: LogitsHandover, properties: CaseProperties, with_probabilities: bool) -> ExportedPrediction:
         """Export logits handed over to the export (freed once resampled)."""

@@ -48,13 +48,18 @@ def mean_crop_overlap(image_shape: Sequence[int], config: VolFConfig, samples: i
     return float(np.mean([box_iou(a, b) for a, b in pairs]))
 
 
+def fusion_mode_for_overlap(overlap: float) -> str:
+    """``box`` from :data:`BOX_FUSION_MIN_OVERLAP` on, else ``grid``."""
+    return "box" if overlap >= BOX_FUSION_MIN_OVERLAP else "grid"
+
+
 def choose_fusion_mode(config: VolFConfig, median_image_shape: Sequence[int]) -> VolFConfig:
     """``config`` with ``fusion_mode="auto"`` replaced by ``box`` or ``grid`` for images of
     ``median_image_shape``; any other mode is returned unchanged (the user's choice)."""
     if config.fusion_mode != AUTO_FUSION_MODE:
         return config
     overlap = mean_crop_overlap(median_image_shape, config)
-    mode = "box" if overlap >= BOX_FUSION_MIN_OVERLAP else "grid"
+    mode = fusion_mode_for_overlap(overlap)
     logger.info(
         "VolF fusion_mode auto -> %s: two crops of patch %s from the median image %s overlap by a mean IoU of %.2f "
         "(box from %.2f on; set volf.fusion_mode to choose)",
