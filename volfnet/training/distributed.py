@@ -13,9 +13,10 @@ batches of the plans' batch size (the effective batch is N times larger), drawn 
 seed (:func:`rank_seed`); gradients are averaged by DDP; only rank 0 writes checkpoints, logs
 and plots. NCCL on CUDA, gloo on the CPU (used by the tests).
 
-Leaving, either way in: :func:`shutdown` stops the worker pools the process kept and leaves the
-group, after an error too, so a finished rank exits and a failed one exits at once; torchrun or
-:func:`launch` then stops the others. (``documentation/cluster.md`` lists what is tested.)
+Leaving, either way in (:func:`process_group`): :func:`shutdown` stops the worker pools the
+process kept and leaves the group, at a barrier after a good run and at once after an error,
+so a finished rank exits cleanly and a failed one exits at once; torchrun or :func:`launch`
+then stops the others. (``documentation/cluster.md`` lists what is tested.)
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,14 +118,38 @@ def setup(device_type: str) -> tuple[DistContext, bool]:
     return context, True
 
 
-def shutdown() -> None:
+def shutdown(synchronize: bool = False) -> None:
     """Leave the job: stop the worker pools this process kept (the final validation's
     evaluation starts one) and leave the process group. Stopping the pools matters in a
     spawned rank: its exit joins every child process before atexit handlers could stop them,
-    so idle pool workers would keep it (and ``--num-gpus``) waiting forever."""
+    so idle pool workers would keep it (and ``--num-gpus``) waiting forever.
+
+    ``synchronize`` (after a run that ended well): wait at a barrier first, so no rank tears
+    down its gloo or NCCL connections while another still uses them (rank 0 writes the last
+    files after the others are done). Without it a finished rank could abort in gloo's
+    teardown ("terminate called without an active exception", once in a CI run). After an
+    error there is no barrier: the other ranks may never arrive."""
     shutdown_pools(wait=True)
     if dist.is_available() and dist.is_initialized():
+        if synchronize:
+            barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[DistContext]:
+    """Join the process group the environment describes for the block (unless already
+    joined) and leave it after: at a barrier when the block ended well, at once after an
+    error (see :func:`shutdown`)."""
+    context, joined = setup(device_type)
+    try:
+        yield context
+    except BaseException:
+        if joined:
+            shutdown()
+        raise
+    if joined:
+        shutdown(synchronize=True)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -202,10 +228,8 @@ def _run_rank(
         }
     )
     try:
-        setup(device_type)
-        fn(*args)
+        with process_group(device_type):  # after an error this process leaves at once, and launch stops the others
+            fn(*args)
     except VolfnetError as exc:
         errors.put(f"process {local_rank}: {exc}")
         raise
-    finally:
-        shutdown()  # also when fn raised: this process then exits at once, and launch stops the others

@@ -108,14 +108,9 @@ def run_training(
     weights are in the checkpoint already), loading what ``config.pretrained_weights`` names.
     Under torchrun (or :func:`volfnet.training.distributed.launch`) every process calls this.
     """
-    kind = resolve_device(device).type
-    context, joined = distributed.setup(kind)
-    try:
+    with distributed.process_group(resolve_device(device).type) as context:
         trainer = _Trainer(task, config, Path(run_folder), resolve_device(device, context), context)
         return trainer.run(resume, pretrained)
-    finally:
-        if joined:
-            distributed.shutdown()
 
 
 def validate_checkpoint(task: TrainingTask, run_folder: Path, device: str | None = None, kind: str = "final") -> None:

@@ -384,13 +384,9 @@ def _pretrain_process(request: PretrainRequest) -> None:
 def _run_under_torchrun(request: PretrainRequest) -> TrainingResult:
     """Every torchrun process calls :func:`pretrain`: rank 0 prepares (preprocessing, validation
     set) while the others wait at a barrier, then all read the same files and train."""
-    context, joined = distributed.setup(resolve_device(request.device).type)
-    try:
+    with distributed.process_group(resolve_device(request.device).type) as context:
         prepared = prepare(request, write=True) if context.is_main else None
         distributed.barrier()
         if prepared is None:
             prepared = prepare(request, write=False)
         return _run(prepared, request)
-    finally:
-        if joined:
-            distributed.shutdown()
