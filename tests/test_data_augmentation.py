@@ -195,9 +195,9 @@ def test_crop_size_leaves_no_padding_for_extreme_rotations_and_scales():
     augment = SpatialAugmentation(patch, SpatialParameters(1.0, limit, 0.0, 1.0, 1.0, False))
     for angles in itertools.product((-limit, limit), repeat=3):
         for scale in (config.scale_min, 1.0):
-            image, labels = np.empty((1, *patch), np.float32), np.empty(patch, np.int16)
-            augment._sample(ones[0], seg[0, 0], scale * rotation_matrix(angles), image, labels)
+            image, labels = np.empty((1, *patch), np.float32), np.empty((1, *patch), np.int16)
+            augment._sample(ones[0], seg[0], scale * rotation_matrix(angles), image, labels)
             assert image.min() > 0.999 and np.all(labels == 1)
-    image, labels = np.empty((1, *patch), np.float32), np.empty(patch, np.int16)
-    augment._sample(ones[0], seg[0, 0], config.scale_max * np.identity(3), image, labels)  # zoomed out, unrotated
+    image, labels = np.empty((1, *patch), np.float32), np.empty((1, *patch), np.int16)
+    augment._sample(ones[0], seg[0], config.scale_max * np.identity(3), image, labels)  # zoomed out, unrotated
     assert image.min() > 0.999 and np.all(labels == 1)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.commands import NUM_CASES, TINY_TRAINING, Finished, model_folder, plan_dataset, run_bounded
+from helpers.commands import NUM_CASES, TINY_PRETRAINING, TINY_TRAINING, Finished, model_folder, plan_dataset, run_bounded
 from rank_failure_driver import MESSAGE as FAILURE_MESSAGE
 
 from volfnet.training.distributed import free_port
@@ -31,11 +31,6 @@ from volfnet.training.distributed import free_port
 DRIVER = Path(__file__).with_name("rank_failure_driver.py")
 RUN_TIMEOUT = 300  # s: a tiny two-process run takes 20-40 s on a busy 2-core machine; past this it hangs
 FAILURE_TIMEOUT = 120  # s: a failing rank must end the command long before gloo's own 30-minute timeout
-TINY_PRETRAINING = [
-    "--device", "cpu", "-np", "1", "--iterations", "2", "--val-samples", "2",
-    "--set", "iterations_per_epoch=1", "--set", "num_workers=0", "--set", "val_num_workers=0",
-    "--set", "progress_bar=false",
-]
 LAUNCHERS = ("num-gpus", "torchrun")
 
 

@@ -206,7 +206,8 @@ class ModelFolder:
         """First disagreement between a checkpoint's spec and this folder, or None."""
         configuration = self.plans.configuration(self.configuration)
         checks = [
-            ("input channels", spec.num_input_channels, self.plans.num_input_channels),
+            ("input channels", spec.num_input_channels,
+             configuration.network_input_channels(self.plans.num_input_channels, len(self.dataset_json.foreground_labels))),
             ("classes", spec.num_classes, self.dataset_json.num_classes),
             ("patch size", list(spec.patch_size), list(configuration.patch_size)),
             ("spacing", list(spec.spacing), list(configuration.spacing)),

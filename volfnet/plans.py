@@ -117,7 +117,14 @@ class NetworkTopology:
 
 @dataclass
 class ConfigurationPlan:
-    """One configuration (``3d_fullres`` or ``3d_lowres``): spacing, patch, batch, network."""
+    """One configuration (``3d_fullres``, ``3d_lowres``, ``2d`` or ``3d_cascade_fullres``):
+    spacing, patch, batch, network.
+
+    ``previous_stage`` names the configuration whose predictions this one takes as extra
+    input (the cascade: ``3d_cascade_fullres`` reads the ``3d_lowres`` segmentation, one-hot,
+    one channel per foreground label, after the image channels). Such a configuration shares
+    its ``data_identifier`` (the preprocessed cases) with ``3d_fullres``.
+    """
 
     data_identifier: str
     spacing: list[float]
@@ -130,6 +137,12 @@ class ConfigurationPlan:
     batch_dice: bool = False
     mirror_axes: list[int] = field(default_factory=lambda: [0, 1, 2])
     dummy_2d_augmentation: bool = False
+    previous_stage: str | None = None
+
+    def network_input_channels(self, image_channels: int, num_foreground_labels: int) -> int:
+        """Input channels of this configuration's network: the image's, plus one per foreground
+        label of the previous stage's segmentation in a cascade."""
+        return int(image_channels) + (int(num_foreground_labels) if self.previous_stage else 0)
 
     def check(self) -> None:
         """Raise if patch and network disagree (a user override can break this)."""
@@ -161,6 +174,19 @@ class Plans:
     original_median_shape: list[int]
     configurations: dict[str, ConfigurationPlan]
     plans_version: int = PLANS_VERSION
+
+    def __post_init__(self) -> None:
+        for name, configuration in self.configurations.items():
+            previous = getattr(configuration, "previous_stage", None)
+            if previous is not None and (previous == name or previous not in self.configurations):
+                raise VolfnetError(
+                    f"{self.dataset_name}: configuration {name!r} takes its previous stage from {previous!r}, which is "
+                    f"{'itself' if previous == name else 'not planned'} (planned: {sorted(self.configurations)})"
+                )
+
+    def next_stages(self, name: str) -> list[str]:
+        """The configurations that take ``name``'s predictions as input (its cascade stages)."""
+        return sorted(other for other, plan in self.configurations.items() if plan.previous_stage == name)
 
     def configuration(self, name: str) -> ConfigurationPlan:
         if name not in self.configurations:

@@ -26,6 +26,11 @@ TINY_TRAINING = [
     "--set", "num_epochs=2", "--set", "iterations_per_epoch=1", "--set", "val_iterations=1",
     "--set", "num_workers=0", "--set", "progress_bar=false",
 ]
+TINY_PRETRAINING = [
+    "--device", "cpu", "-np", "1", "--iterations", "2", "--val-samples", "2",
+    "--set", "iterations_per_epoch=1", "--set", "num_workers=0", "--set", "val_num_workers=0",
+    "--set", "progress_bar=false",
+]
 
 
 @dataclasses.dataclass

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows (1.2x for a long prediction with mirroring on 2 CPU cores; see documentation/inference.md)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz with the class probabilities")
     parser.add_argument(
+        "--prev-stage", "-prev-stage", dest="prev_stage", type=Path, default=None, metavar="FOLDER",
+        help="3d_cascade_fullres only: a folder with the 3d_lowres predictions of the input cases (<case><ending>); "
+        "default: run the 3d_lowres model beside the cascade's model folder on each case first",
+    )
+    parser.add_argument(
         "--postprocessing", default=None, metavar="JSON|none",
         help="the postprocessing.json to apply (e.g. the one volfnet_find_best_configuration decided), or 'none'; "
         "default: the model folder's postprocessing.json when it has one",
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = Predictor.from_model_folder(
             folder, folds=args.folds, checkpoint=args.checkpoint, device=args.device, step_fraction=args.step,
             use_mirroring=not args.disable_tta, mirror_axes=args.mirror_axes, backend=args.backend, compile=args.compile,
-            num_workers=args.num_workers, **options,
+            num_workers=args.num_workers, previous_stage_folder=args.prev_stage, **options,
         )
         summary = predictor.predict(args.input, args.output, args.save_probabilities, args.skip_existing, args.part, args.num_parts)
         skipped = f", {len(summary.skipped)} skipped (already there)" if summary.skipped else ""

@@ -39,6 +39,7 @@ from batchgenerators.transforms.resample_transforms import (
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 from batchgenerators.transforms.utility_transforms import RemoveLabelTransform
 
+from volfnet.data.previous_stage import PreviousStageToData, RandomBinaryOperator, RemoveRandomComponent
 from volfnet.data.spatial import SpatialAugmentation, SpatialParameters, rotation_extent
 from volfnet.data.transforms import DeepSupervisionTargets, MaskOutsideNonzero
 from volfnet.errors import VolfnetError
@@ -82,6 +83,13 @@ class AugmentationConfig:
     gamma_min: float = 0.7
     gamma_max: float = 1.5
     mirror: bool = True
+    # the cascade's previous-stage channels (nnU-Net's values; see volfnet.data.previous_stage)
+    cascade_binary_operator_p: float = 0.4
+    cascade_binary_operator_p_per_label: float = 0.5
+    cascade_binary_operator_max_radius: int = 8
+    cascade_remove_component_p: float = 0.2
+    cascade_remove_component_p_per_label: float = 0.5
+    cascade_remove_component_max_fraction: float = 0.15
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -101,6 +109,12 @@ class AugmentationConfig:
                 raise VolfnetError(f"augmentation needs 0 < {low} <= {high}, got {getattr(self, low)} and {getattr(self, high)}")
         if self.noise_std_max < 0 or self.rotation_max_degrees < 0 or self.rotation_max_degrees_dummy_2d < 0:
             raise VolfnetError("augmentation noise_std_max and rotation angles must not be negative")
+        if self.cascade_binary_operator_max_radius < 1:
+            raise VolfnetError(f"augmentation cascade_binary_operator_max_radius must be at least 1, got {self.cascade_binary_operator_max_radius}")
+        if not 0.0 <= self.cascade_remove_component_max_fraction <= 1.0:
+            raise VolfnetError(
+                f"augmentation cascade_remove_component_max_fraction must be within [0, 1], got {self.cascade_remove_component_max_fraction}"
+            )
 
     def replaced(self, values: Mapping[str, Any]) -> AugmentationConfig:
         """A copy with ``values`` changed (e.g. from ``--set augmentation.rotation_p=0.3``);
@@ -201,11 +215,30 @@ class AugmentationPipeline:
         return result["data"], result["target"]
 
 
-def _final_steps(masked_channels: Sequence[int], deep_supervision: Sequence[Sequence[int]]) -> list[AbstractTransform]:
+def _final_steps(
+    masked_channels: Sequence[int],
+    deep_supervision: Sequence[Sequence[int]],
+    previous_stage_labels: Sequence[int] | None = None,
+    config: AugmentationConfig | None = None,
+) -> list[AbstractTransform]:
+    """Masking, outside-mask label -1 -> background, the cascade's previous-stage channels
+    (augmented when ``config`` is given: training), and the targets per scale."""
     steps: list[AbstractTransform] = []
     if masked_channels:
         steps.append(MaskOutsideNonzero(masked_channels))
     steps.append(RemoveLabelTransform(OUTSIDE_MASK_LABEL, 0, input_key="seg", output_key="seg"))
+    if previous_stage_labels is not None:
+        count = len(previous_stage_labels)
+        steps.append(PreviousStageToData(previous_stage_labels))
+        if config is not None:
+            steps.append(RandomBinaryOperator(
+                count, config.cascade_binary_operator_p, config.cascade_binary_operator_p_per_label,
+                (1, config.cascade_binary_operator_max_radius),
+            ))
+            steps.append(RemoveRandomComponent(
+                count, config.cascade_remove_component_p, config.cascade_remove_component_p_per_label,
+                config.cascade_remove_component_max_fraction,
+            ))
     steps.append(DeepSupervisionTargets(deep_supervision))
     return steps
 
@@ -217,6 +250,7 @@ def build_training_pipeline(
     masked_channels: Sequence[int],
     deep_supervision: Sequence[Sequence[int]],
     dummy_2d: bool,
+    previous_stage_labels: Sequence[int] | None = None,
 ) -> AugmentationPipeline:
     """nnU-Net's training transforms, in nnU-Net's order.
 
@@ -227,7 +261,8 @@ def build_training_pipeline(
     scaling are in-plane and the low-resolution simulation leaves the slice axis alone.
     Rotation and scaling are :mod:`volfnet.data.spatial` (one sampling grid for image and
     labels, several times faster than batchgenerators' per-label interpolation); everything
-    else is batchgenerators v1.
+    else is batchgenerators v1. ``previous_stage_labels`` (a cascade: the foreground labels)
+    turns the second seg channel into one-hot input channels, augmented as nnU-Net does.
     """
     degrees = config.rotation_max_degrees_dummy_2d if dummy_2d else config.rotation_max_degrees
     spatial = SpatialAugmentation(
@@ -285,11 +320,14 @@ def build_training_pipeline(
     ]
     if config.mirror and mirror_axes:
         steps.append(MirrorTransform(tuple(int(a) for a in mirror_axes)))
-    steps += _final_steps(masked_channels, deep_supervision)
+    steps += _final_steps(masked_channels, deep_supervision, previous_stage_labels, config)
     return AugmentationPipeline(spatial, steps)
 
 
-def build_validation_pipeline(masked_channels: Sequence[int], deep_supervision: Sequence[Sequence[int]]) -> AugmentationPipeline:
-    """No augmentation: only masking, outside-mask label -1 -> background, and the targets per scale.
-    The input batch is cropped to the final patch."""
-    return AugmentationPipeline(None, _final_steps(masked_channels, deep_supervision))
+def build_validation_pipeline(
+    masked_channels: Sequence[int], deep_supervision: Sequence[Sequence[int]], previous_stage_labels: Sequence[int] | None = None
+) -> AugmentationPipeline:
+    """No augmentation: only masking, outside-mask label -1 -> background, the cascade's
+    previous-stage channels as they are, and the targets per scale. The input batch is
+    cropped to the final patch."""
+    return AugmentationPipeline(None, _final_steps(masked_channels, deep_supervision, previous_stage_labels))

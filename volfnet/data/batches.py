@@ -9,6 +9,7 @@ what ran before — and a resumed run continues it exactly by starting at the ne
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,15 @@ from volfnet.data.patch_sampler import FOREGROUND_OVERSAMPLING, PatchSampler
 from volfnet.data.worker import NumpyBatch
 from volfnet.errors import VolfnetError
 from volfnet.plans import ConfigurationPlan
+
+
+@dataclass(frozen=True)
+class PreviousStageInput:
+    """A cascade's extra input: where the previous stage's label maps of the cases lie, and
+    the foreground labels that become one-hot channels (in this order)."""
+
+    folder: Path
+    foreground_labels: tuple[int, ...]
 
 
 class BatchProducer:
@@ -70,17 +80,32 @@ def training_producer(
     num_outputs: int,
     config: AugmentationConfig | None = None,
     oversampling: float = FOREGROUND_OVERSAMPLING,
+    previous_stage: PreviousStageInput | None = None,
 ) -> BatchProducer:
     """Training batches for ``plan``: enlarged crops, full augmentation, deep-supervision targets
     for ``num_outputs`` network outputs (1 = none). Give validation a different ``seed``; to
-    resume, start the loader at ``epoch * iterations_per_epoch``."""
+    resume, start the loader at ``epoch * iterations_per_epoch``. ``previous_stage`` (a
+    cascade) adds its one-hot channels after the image channels."""
     config = config if config is not None else AugmentationConfig()
     dummy_2d = dummy_2d_for(plan)
     crop = spatial_crop_size(plan.patch_size, config, dummy_2d)
-    sampler = PatchSampler(CachedDataset(folder, case_ids), crop, plan.patch_size, plan.batch_size, oversampling)
+    sampler = PatchSampler(_dataset(folder, case_ids, plan, previous_stage), crop, plan.patch_size, plan.batch_size, oversampling)
     factors = deep_supervision_factors(plan.network.strides, num_outputs)
-    pipeline = build_training_pipeline(plan.patch_size, config, plan.mirror_axes, masked_channels_for(plan), factors, dummy_2d)
+    pipeline = build_training_pipeline(
+        plan.patch_size, config, plan.mirror_axes, masked_channels_for(plan), factors, dummy_2d,
+        previous_stage.foreground_labels if previous_stage is not None else None,
+    )
     return BatchProducer(sampler, pipeline, seed)
+
+
+def _dataset(folder: Path, case_ids: Sequence[str], plan: ConfigurationPlan, previous_stage: PreviousStageInput | None) -> CachedDataset:
+    """The cases, with their previous-stage label maps exactly when the plan is a cascade."""
+    if (previous_stage is None) != (plan.previous_stage is None):
+        raise VolfnetError(
+            f"{plan.data_identifier}: the plan's previous stage is {plan.previous_stage!r} but previous-stage input was "
+            f"{'not ' if previous_stage is None else ''}given"
+        )
+    return CachedDataset(folder, case_ids, previous_stage_folder=previous_stage.folder if previous_stage is not None else None)
 
 
 def validation_producer(
@@ -90,8 +115,10 @@ def validation_producer(
     seed: int,
     num_outputs: int,
     oversampling: float = FOREGROUND_OVERSAMPLING,
+    previous_stage: PreviousStageInput | None = None,
 ) -> BatchProducer:
     """Validation batches: the same sampling (with oversampling), no augmentation."""
-    sampler = PatchSampler(CachedDataset(folder, case_ids), plan.patch_size, plan.patch_size, plan.batch_size, oversampling)
+    sampler = PatchSampler(_dataset(folder, case_ids, plan, previous_stage), plan.patch_size, plan.patch_size, plan.batch_size, oversampling)
     factors = deep_supervision_factors(plan.network.strides, num_outputs)
-    return BatchProducer(sampler, build_validation_pipeline(masked_channels_for(plan), factors), seed)
+    labels = previous_stage.foreground_labels if previous_stage is not None else None
+    return BatchProducer(sampler, build_validation_pipeline(masked_channels_for(plan), factors, labels), seed)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volfnet.data.previous_stage import load_previous_stage, previous_stage_problems
 from volfnet.errors import VolfnetError
 from volfnet.io.case_store import (
     CaseProperties,
@@ -41,7 +42,8 @@ class CachedCase:
     loaded copies). ``class_locations`` maps each foreground label present to an (N, 3) int32
     array of (z, y, x) voxels: compact arrays instead of the JSON's nested lists, which would
     cost roughly ten times the memory in every worker. ``properties`` is the case's JSON
-    without its class locations.
+    without its class locations. ``previous_stage`` (1, Z, Y, X) is the previous stage's label
+    map on this grid (cascade configurations only), memory-mapped too.
     """
 
     case_id: str
@@ -49,6 +51,7 @@ class CachedCase:
     seg: np.ndarray
     class_locations: dict[int, np.ndarray]
     properties: CaseProperties
+    previous_stage: np.ndarray | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -62,9 +65,18 @@ class CachedDataset:
     Construction checks each case's files from their headers (present, not empty, as long as
     the header says), so a damaged cache is named before training starts; it stays cheap and
     safe to build in the parent process before workers start.
+
+    ``previous_stage_folder`` (a cascade) holds each case's previous-stage label map
+    (:mod:`volfnet.data.previous_stage`); every case must have one.
     """
 
-    def __init__(self, folder: Path, case_ids: Sequence[str] | None = None, max_open_cases: int = DEFAULT_MAX_OPEN_CASES) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        case_ids: Sequence[str] | None = None,
+        max_open_cases: int = DEFAULT_MAX_OPEN_CASES,
+        previous_stage_folder: Path | None = None,
+    ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise VolfnetError(f"{self.folder}: preprocessed folder not found; run volfnet_plan_and_preprocess first")
@@ -80,6 +92,15 @@ class CachedDataset:
             )
         if max_open_cases < 1:
             raise VolfnetError(f"max_open_cases must be at least 1, got {max_open_cases}")
+        self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
+        if self.previous_stage_folder is not None:
+            missing = previous_stage_problems(self.previous_stage_folder, ids)
+            if missing:
+                shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+                raise VolfnetError(
+                    f"{self.previous_stage_folder}: {len(missing)} previous-stage segmentation(s) missing or damaged:\n  {shown}\n"
+                    "the previous stage's final validation writes them: train every fold of it (or rerun with --val)"
+                )
         self.case_ids: list[str] = ids
         self.max_open_cases = max_open_cases
         self._open: OrderedDict[str, CachedCase] = OrderedDict()
@@ -131,4 +152,7 @@ class CachedDataset:
             if len(array):
                 locations[int(label)] = array
         properties = dataclasses.replace(properties, class_locations={})
-        return CachedCase(case_id=case_id, image=image, seg=seg, class_locations=locations, properties=properties)
+        previous = None
+        if self.previous_stage_folder is not None:
+            previous = load_previous_stage(self.previous_stage_folder, case_id, image.shape[1:], mmap=True)
+        return CachedCase(case_id=case_id, image=image, seg=seg, class_locations=locations, properties=properties, previous_stage=previous)

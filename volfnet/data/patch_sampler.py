@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from volfnet.data.cached_dataset import CachedCase, CachedDataset
+from volfnet.data.previous_stage import PREVIOUS_STAGE_PAD
 from volfnet.errors import VolfnetError
 from volfnet.io.case_store import OUTSIDE_MASK_LABEL
 
@@ -40,7 +41,8 @@ class PatchBox:
 
 @dataclass
 class SampledBatch:
-    """Cropped (not yet augmented) samples: ``data`` (B, C, *crop) float32, ``seg`` (B, 1, *crop) int16."""
+    """Cropped (not yet augmented) samples: ``data`` (B, C, *crop) float32, ``seg`` (B, 1, *crop)
+    int16; in a cascade ``seg`` (B, 2, *crop) holds the previous stage's labels as channel 1."""
 
     data: np.ndarray
     seg: np.ndarray
@@ -175,7 +177,8 @@ class PatchSampler:
         first = self.dataset.load(self.dataset.case_ids[0])
         channels = first.image.shape[0]
         data = np.empty((self.batch_size, channels, *self.crop_size), dtype=np.float32)
-        seg = np.empty((self.batch_size, 1, *self.crop_size), dtype=SEG_DTYPE)
+        cascade = self.dataset.previous_stage_folder is not None
+        seg = np.empty((self.batch_size, 2 if cascade else 1, *self.crop_size), dtype=SEG_DTYPE)
         boxes = []
         for j in range(self.batch_size):
             case = self.dataset.load(self.dataset.case_ids[int(rng.integers(len(self.dataset)))])
@@ -183,6 +186,8 @@ class PatchSampler:
                 raise VolfnetError(f"case {case.case_id} has {case.image.shape[0]} channels, others have {channels}")
             box = draw_box(case, self.crop_size, self.final_size, j >= self.first_forced, rng)
             crop_with_padding(case.image, box.lower, box.size, IMAGE_PAD_VALUE, out=data[j])
-            crop_with_padding(case.seg, box.lower, box.size, OUTSIDE_MASK_LABEL, out=seg[j])
+            crop_with_padding(case.seg, box.lower, box.size, OUTSIDE_MASK_LABEL, out=seg[j, :1])
+            if case.previous_stage is not None:
+                crop_with_padding(case.previous_stage, box.lower, box.size, PREVIOUS_STAGE_PAD, out=seg[j, 1:])
             boxes.append(box)
         return SampledBatch(data=data, seg=seg, boxes=boxes)

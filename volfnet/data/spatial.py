@@ -112,11 +112,12 @@ class SpatialAugmentation:
         return matrix
 
     def __call__(self, data: np.ndarray, seg: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(B, C, *crop) float32 and (B, 1, *crop) int labels -> the same at the patch size."""
+        """(B, C, *crop) float32 and (B, S, *crop) int labels -> the same at the patch size (S label
+        maps: 1, or 2 in a cascade, whose second one is the previous stage's)."""
         batch, channels = data.shape[:2]
         crop = data.shape[2:]
         out_data = np.empty((batch, channels, *self.patch_size), dtype=np.float32)
-        out_seg = np.empty((batch, 1, *self.patch_size), dtype=np.int16)
+        out_seg = np.empty((batch, seg.shape[1], *self.patch_size), dtype=np.int16)
         start = [(c - p) // 2 for c, p in zip(crop, self.patch_size)]
         centre = tuple(slice(s, s + p) for s, p in zip(start, self.patch_size))
         for b in range(batch):
@@ -126,10 +127,11 @@ class SpatialAugmentation:
                 out_data[b] = data[index]
                 out_seg[b] = seg[index]
             else:
-                self._sample(data[b], seg[b, 0], matrix, out_data[b], out_seg[b, 0])
+                self._sample(data[b], seg[b], matrix, out_data[b], out_seg[b])
         return out_data, out_seg
 
     def _sample(self, image: np.ndarray, labels: np.ndarray, matrix: np.ndarray, out_image: np.ndarray, out_labels: np.ndarray) -> None:
+        """One sample: ``image`` (C, *crop), ``labels`` (S, *crop) label maps."""
         shape = np.asarray(image.shape[1:])
         offset = (shape - 1) / 2.0 - matrix @ ((np.asarray(self.patch_size) - 1) / 2.0)
         for channel in range(image.shape[0]):
@@ -141,7 +143,8 @@ class SpatialAugmentation:
         coords = np.empty_like(grid)
         for i in range(3):
             coords[i] = matrix[i, 0] * grid[0] + matrix[i, 1] * grid[1] + matrix[i, 2] * grid[2] + (shape[i] - 1) / 2.0
-        out_labels[...] = interpolate_labels(labels, coords).reshape(out_labels.shape)
+        for channel in range(labels.shape[0]):
+            out_labels[channel] = interpolate_labels(labels[channel], coords).reshape(out_labels.shape[1:])
 
 
 def uniform_cells(labels: np.ndarray) -> np.ndarray:

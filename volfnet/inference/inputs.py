@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volfnet.data.previous_stage import load_previous_stage
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.io.dataset import channel_file_name, channel_problems, parse_channel_file
 from volfnet.io.image_io import (
@@ -29,6 +30,7 @@ from volfnet.io.image_io import (
     file_ending,
     is_picture,
     read_case,
+    read_segmentation,
 )
 from volfnet.plans import Plans
 from volfnet.io.case_store import CaseProperties, load_case
@@ -62,12 +64,20 @@ class InputCase:
 
 @dataclass
 class PreparedCase:
-    """A preprocessed case, ready for the network: (C, Z, Y, X) float32 data and properties."""
+    """A preprocessed case, ready for the network: (C, Z, Y, X) float32 data and properties.
+
+    For a cascade it carries what the previous stage contributes: ``previous_stage``, its
+    (Z, Y, X) label map on this grid (given predictions, or the cache's), or
+    ``previous_stage_case``, the same scan preprocessed for the previous stage, which the
+    predictor runs that stage on.
+    """
 
     case_id: str
     data: np.ndarray
     properties: CaseProperties
     source_files: list[Path] = field(default_factory=list)
+    previous_stage: np.ndarray | None = None
+    previous_stage_case: PreparedCase | None = None
 
 
 def _name_without_ending(path: Path) -> str:
@@ -212,16 +222,56 @@ def read_input_images(images: list[Path], num_channels: int | None = None) -> tu
     return image, geometry
 
 
-def load_input_case(case: InputCase, plans: Plans, configuration_name: str) -> PreparedCase:
-    """Read and preprocess one input case, exactly as training cases were (runs in workers)."""
+def load_input_case(
+    case: InputCase,
+    plans: Plans,
+    configuration_name: str,
+    previous_stage_folder: Path | None = None,
+    previous_stage_configuration: str | None = None,
+) -> PreparedCase:
+    """Read and preprocess one input case, exactly as training cases were (runs in workers).
+
+    A cascade needs the previous stage: its prediction ``previous_stage_folder/<case><ending>``
+    in the scan's geometry (cropped and resampled like a label map), or, with
+    ``previous_stage_configuration``, the scan preprocessed for that stage too."""
     image, geometry = read_input_images(case.images, plans.num_input_channels)
-    data, _, properties = preprocess_array(
-        image, geometry, None, plans, configuration_name, case.case_id, source_files=[str(p) for p in case.images]
-    )
-    return PreparedCase(case.case_id, data, properties, list(case.images))
+    sources = [str(p) for p in case.images]
+    previous_labels = None
+    if previous_stage_folder is not None:
+        previous_labels = read_previous_stage_prediction(Path(previous_stage_folder), case, geometry)
+    data, seg, properties = preprocess_array(image, geometry, previous_labels, plans, configuration_name, case.case_id, source_files=sources)
+    prepared = PreparedCase(case.case_id, data, properties, list(case.images))
+    if previous_labels is not None:
+        prepared.previous_stage = np.maximum(seg[0], 0)  # -1 (outside the nonzero crop) is background
+    elif previous_stage_configuration is not None:
+        low, _, low_properties = preprocess_array(image, geometry, None, plans, previous_stage_configuration, case.case_id, source_files=sources)
+        prepared.previous_stage_case = PreparedCase(case.case_id, low, low_properties, list(case.images))
+    return prepared
 
 
-def load_cached_case(case_id: str, preprocessed_folder: Path) -> PreparedCase:
-    """A case from the preprocessing cache, read into memory (the network reads all of it)."""
+def read_previous_stage_prediction(folder: Path, case: InputCase, geometry: ImageGeometry) -> np.ndarray:
+    """The previous stage's prediction of ``case`` as (1, Z, Y, X) labels, checked to lie on the
+    scan's grid."""
+    path = folder / f"{case.case_id}{case.output_ending}"
+    if not path.is_file():
+        found = sorted(p.name for p in folder.glob(f"{case.case_id}.*")) if folder.is_dir() else []
+        raise VolfnetError(
+            f"{path}: previous-stage prediction of case {case.case_id} not found"
+            + (f" (found {found})" if found else "")
+            + "; predict the previous stage (3d_lowres) into that folder first, or leave out --prev-stage to run it here"
+        )
+    labels, label_geometry = read_segmentation(path)
+    mismatch = geometry.matches(label_geometry)
+    if mismatch:
+        raise VolfnetError(f"{path}: previous-stage prediction does not lie on the grid of {case.images[0]} ({mismatch})")
+    return labels[None] if labels.ndim == 3 else labels
+
+
+def load_cached_case(case_id: str, preprocessed_folder: Path, previous_stage_folder: Path | None = None) -> PreparedCase:
+    """A case from the preprocessing cache, read into memory (the network reads all of it);
+    with its previous-stage label map from ``previous_stage_folder`` in a cascade."""
     data, _, properties = load_case(Path(preprocessed_folder), case_id, mmap=False, with_seg=False)
-    return PreparedCase(case_id, data, properties)
+    prepared = PreparedCase(case_id, data, properties)
+    if previous_stage_folder is not None:
+        prepared.previous_stage = load_previous_stage(Path(previous_stage_folder), case_id, data.shape[1:], mmap=False)[0]
+    return prepared

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from volfnet.checkpoint import CheckpointSpec, load_checkpoint
 from volfnet.errors import DataIntegrityError, VolfnetError
 from volfnet.evaluation.postprocessing import POSTPROCESSING_FILE, PostprocessingDecision, load_postprocessing
+from volfnet.inference.cascade import NextStageExport, labels_on_grid, with_previous_stage
 from volfnet.inference.export import (
     DEFAULT_PROBABILITIES_DTYPE,
     ExportedPrediction,
@@ -58,7 +59,7 @@ from volfnet.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE
 from volfnet.inference.tta import min_forward_batch
 from volfnet.io.dataset import DatasetJson
 from volfnet.io.image_io import ImageGeometry, file_ending
-from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder
+from volfnet.model_folder import ModelFolder, checkpoint_path, fold_folder, model_folder_name
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.runtime import full_resolution_outputs, resolve_device
 from volfnet.parallel import select_part, worker_pool
@@ -117,6 +118,11 @@ class Predictor:
     applied to every label map. ``num_workers`` preprocessing processes run ahead of the
     network in :meth:`predict_folder` (0: in this process; None: 2 with CUDA, 0 on the CPU).
     Probabilities are saved as ``probabilities_dtype`` (float32 by default).
+
+    A cascade configuration (``3d_cascade_fullres``) also needs the previous stage's
+    segmentation of every case: ``previous_stage`` is that stage's predictor (run on each case
+    first), or ``previous_stage_folder`` holds its predictions in the scans' geometry (nnU-Net's
+    ``-prev_stage_predictions``).
     """
 
     def __init__(
@@ -137,6 +143,8 @@ class Predictor:
         mirror_axes: Sequence[int] | None = None,
         compile: bool = False,
         backend: str = DEFAULT_BACKEND,
+        previous_stage: Predictor | None = None,
+        previous_stage_folder: Path | None = None,
     ) -> None:
         self.networks = list(networks)
         if not self.networks:
@@ -151,6 +159,7 @@ class Predictor:
             raise VolfnetError(
                 f"dataset.json names {dataset_json.num_channels} channel(s) but the plans expect {plans.num_input_channels}"
             )
+        self._set_previous_stage(previous_stage, previous_stage_folder)
         self.device = resolve_device(device)
         self.step_fraction = step_fraction
         self.use_mirroring = use_mirroring
@@ -202,9 +211,15 @@ class Predictor:
             first_spec = first_spec or spec
             networks.append(network)
         postprocessing_file = model.path / POSTPROCESSING_FILE
+        previous_stage_options = {k: v for k, v in options.items() if k not in ("postprocessing", "previous_stage_folder")}
         if "postprocessing" not in options:  # an explicit postprocessing=None switches it off
             options["postprocessing"] = load_postprocessing(postprocessing_file) if postprocessing_file.is_file() else None
         logger.info("model %s: fold(s) %s, checkpoint_%s.pt", model.path, selected, checkpoint)
+        previous = model.plans.configuration(model.configuration).previous_stage
+        if previous is not None and options.get("previous_stage_folder") is None:
+            source = previous_stage_model_folder(model)
+            logger.info("cascade: running the previous stage %s from %s first", previous, source)
+            options["previous_stage"] = cls.from_model_folder(source, None, checkpoint, device, **previous_stage_options, postprocessing=None)
         return cls(networks, model.plans, model.configuration, model.dataset_json, device=device, **options)
 
     # --- properties --------------------------------------------------------------------------
@@ -220,7 +235,31 @@ class Predictor:
 
     @property
     def num_input_channels(self) -> int:
+        """Image channels per case (files to read); the network may take more (a cascade)."""
         return self.plans.num_input_channels
+
+    @property
+    def num_network_channels(self) -> int:
+        return self.configuration.network_input_channels(self.plans.num_input_channels, len(self.dataset_json.foreground_labels))
+
+    def _set_previous_stage(self, previous_stage: Predictor | None, previous_stage_folder: Path | None) -> None:
+        wanted = self.configuration.previous_stage
+        given = previous_stage is not None or previous_stage_folder is not None
+        if wanted is None and given:
+            raise VolfnetError(f"{self.configuration_name} is not a cascade configuration; it takes no previous stage")
+        if previous_stage is not None and previous_stage_folder is not None:
+            raise VolfnetError("give the previous stage as a predictor or as a folder of its predictions, not both")
+        if previous_stage is not None:
+            if previous_stage.configuration_name != wanted:
+                raise VolfnetError(
+                    f"{self.configuration_name} follows {wanted}, but the previous-stage model is {previous_stage.configuration_name}"
+                )
+            if previous_stage.plans.transpose_forward != self.plans.transpose_forward:
+                raise VolfnetError("the previous-stage model was planned with another axis order; both stages must share one plans file")
+        if previous_stage_folder is not None and not Path(previous_stage_folder).is_dir():
+            raise VolfnetError(f"{previous_stage_folder}: folder of previous-stage predictions not found")
+        self.previous_stage = previous_stage
+        self.previous_stage_folder = Path(previous_stage_folder) if previous_stage_folder is not None else None
 
     # --- single cases -----------------------------------------------------------------------
 
@@ -228,9 +267,10 @@ class Predictor:
         """Float32 (K, Z, Y, X) logits, averaged over the networks, for a preprocessed
         (C, Z, Y, X) case (on the CPU)."""
         image = data if isinstance(data, torch.Tensor) else torch.from_numpy(_writable_array(data))
-        if image.ndim != 4 or image.shape[0] != self.num_input_channels:
+        if image.ndim != 4 or image.shape[0] != self.num_network_channels:
             raise VolfnetError(
-                f"expected preprocessed data of shape ({self.num_input_channels}, Z, Y, X), got {list(image.shape)}"
+                f"expected preprocessed data of shape ({self.num_network_channels}, Z, Y, X), got {list(image.shape)}"
+                + (" (the image channels, then the previous stage's one-hot labels)" if self.configuration.previous_stage else "")
             )
         with full_resolution_outputs(self.networks):
             return predict_sliding_window(
@@ -261,15 +301,64 @@ class Predictor:
             self.dataset_json.regions_class_order if self.dataset_json.has_regions else None,
         )
 
-    def _export(self, handover: LogitsHandover, properties: CaseProperties, output_file: Path, save_probabilities: bool) -> Path:
+    def _export(
+        self, handover: LogitsHandover, properties: CaseProperties, output_file: Path, save_probabilities: bool,
+        next_stage: NextStageExport | None = None,
+    ) -> Path:
+        if next_stage is not None:  # the next stage's input first, from the same logits
+            logits = handover.take()
+            next_stage.write(logits, properties.case_id, properties.spacing_after_resampling)
+            handover = LogitsHandover(logits)
+            del logits
         prediction = self._to_original(handover, properties, save_probabilities)
         return write_prediction(prediction, properties.original_geometry, output_file)
+
+    def _regions_class_order(self) -> list[int] | None:
+        return self.dataset_json.regions_class_order if self.dataset_json.has_regions else None
+
+    def next_stage_export(self, configuration: str, cases_folder: Path, output_folder: Path) -> NextStageExport:
+        """Where this (previous) stage's predictions for ``configuration`` go (see
+        :meth:`predict_cached_cases`)."""
+        return NextStageExport(configuration, Path(cases_folder), Path(output_folder), self.configuration.resampling, self._regions_class_order())
+
+    def _network_input(self, prepared: PreparedCase) -> np.ndarray:
+        """The case's data, with the previous stage's one-hot labels appended in a cascade (the
+        previous stage is run here when the case brings its data instead of its labels)."""
+        if self.configuration.previous_stage is None:
+            return prepared.data
+        labels = prepared.previous_stage
+        if labels is None and prepared.previous_stage_case is not None and self.previous_stage is not None:
+            low = prepared.previous_stage_case
+            logits = self.previous_stage.predict_logits(self.previous_stage._network_input(low))
+            labels = labels_on_grid(
+                logits, prepared.data.shape[1:], low.properties.spacing_after_resampling,
+                prepared.properties.spacing_after_resampling, self.configuration.resampling, self._regions_class_order(),
+            )
+            del logits
+        if labels is None:
+            raise VolfnetError(
+                f"case {prepared.case_id}: {self.configuration_name} is a cascade and needs the {self.configuration.previous_stage} "
+                "segmentation of the case (a previous-stage model or a folder of its predictions)"
+            )
+        return with_previous_stage(prepared.data, labels, self.dataset_json.foreground_labels)
+
+    def _prepared_in_memory(self, image: np.ndarray, geometry: ImageGeometry, case_id: str, sources: list[str]) -> PreparedCase:
+        """A case held in memory, preprocessed (and for the previous stage too in a cascade)."""
+        data, _, properties = preprocess_array(image, geometry, None, self.plans, self.configuration_name, case_id, source_files=sources)
+        prepared = PreparedCase(case_id, data, properties)
+        if self.configuration.previous_stage is not None and self.previous_stage is not None:
+            low, _, low_properties = preprocess_array(
+                image, geometry, None, self.plans, self.configuration.previous_stage, case_id, source_files=sources
+            )
+            prepared.previous_stage_case = PreparedCase(case_id, low, low_properties)
+        return prepared
 
     def predict_preprocessed(
         self, data: np.ndarray, properties: CaseProperties, output_file: Path | None = None, save_probabilities: bool = False
     ) -> ExportedPrediction:
         """Predict a case already preprocessed (e.g. from the npy cache) and map it to its
-        original geometry; written to ``output_file`` (+ ``<case>.npz``) when given."""
+        original geometry; written to ``output_file`` (+ ``<case>.npz``) when given. ``data``
+        holds the network's channels (a cascade: the previous stage's one-hot labels too)."""
         prediction = self._to_original(LogitsHandover(self.predict_logits(data)), properties, save_probabilities)
         if output_file is not None:
             write_prediction(prediction, properties.original_geometry, Path(output_file))
@@ -285,8 +374,8 @@ class Predictor:
             raise VolfnetError(f"case {case_id}: expected a (C, Z, Y, X) image, got shape {list(image.shape)}")
         if list(image.shape[1:]) != list(geometry.shape):
             raise VolfnetError(f"case {case_id}: image shape {list(image.shape[1:])} differs from its geometry's {geometry.shape}")
-        data, _, properties = preprocess_array(image.astype(np.float32, copy=False), geometry, None, self.plans, self.configuration_name, case_id)
-        return self._to_original(LogitsHandover(self.predict_logits(data)), properties, with_probabilities)
+        prepared = self._prepared_in_memory(image.astype(np.float32, copy=False), geometry, case_id, [])
+        return self._to_original(LogitsHandover(self.predict_logits(self._network_input(prepared))), prepared.properties, with_probabilities)
 
     def predict_files(self, image_files: Sequence[Path], output_file: Path, save_probabilities: bool = False) -> ExportedPrediction:
         """Predict one case given as its channel files (in channel order; an RGB picture is three
@@ -300,8 +389,10 @@ class Predictor:
         image, geometry = read_input_images(files, self.num_input_channels)
         ending = file_ending(output_file)
         case_id = output_file.name[: -len(ending)] if ending else output_file.name
-        data, _, properties = preprocess_array(image, geometry, None, self.plans, self.configuration_name, case_id)
-        return self.predict_preprocessed(data, properties, output_file, save_probabilities)
+        if self.configuration.previous_stage is not None and self.previous_stage is None:
+            raise VolfnetError(f"{self.configuration_name} is a cascade: predict folders (with --prev-stage) or load it with its previous stage")
+        prepared = self._prepared_in_memory(image, geometry, case_id, [str(p) for p in files])
+        return self.predict_preprocessed(self._network_input(prepared), prepared.properties, output_file, save_probabilities)
 
     # --- many cases ---------------------------------------------------------------------------
 
@@ -345,19 +436,34 @@ class Predictor:
         output_folder: Path,
         save_probabilities: bool = False,
         skip_existing: bool = False,
+        previous_stage_folder: Path | None = None,
+        next_stage: NextStageExport | None = None,
     ) -> PredictionSummary:
         """Predict cases from the preprocessing cache (``<case>.npy`` + ``<case>.json``) into
         ``output_folder/<case><dataset file ending>`` in their original geometry (the
-        trainer's final validation)."""
+        trainer's final validation). A cascade reads each case's previous-stage label map
+        from ``previous_stage_folder``; ``next_stage`` (a previous stage's validation) also
+        writes the label maps its next stage trains on."""
         ending = self.dataset_json.file_ending
-        load = functools.partial(load_cached_case, preprocessed_folder=Path(preprocessed_folder))
+        if self.configuration.previous_stage is not None and previous_stage_folder is None:
+            raise VolfnetError(f"{self.configuration_name} is a cascade: cached cases need their previous-stage label maps")
+        load = functools.partial(load_cached_case, preprocessed_folder=Path(preprocessed_folder), previous_stage_folder=previous_stage_folder)
         return self._run(
             list(case_ids), str, load, lambda case_id: Path(output_folder) / f"{case_id}{ending}",
-            Path(output_folder), save_probabilities, skip_existing, use_processes=False,
+            Path(output_folder), save_probabilities, skip_existing, use_processes=False, next_stage=next_stage,
         )
 
     def _predict_cases(self, cases: list[InputCase], output_folder: Path, save_probabilities: bool, skip_existing: bool) -> PredictionSummary:
-        load = functools.partial(load_input_case, plans=self.plans, configuration_name=self.configuration_name)
+        previous_configuration = self.configuration.previous_stage if self.previous_stage is not None else None
+        if self.configuration.previous_stage is not None and previous_configuration is None and self.previous_stage_folder is None:
+            raise VolfnetError(
+                f"{self.configuration_name} is a cascade: give the {self.configuration.previous_stage} predictions (--prev-stage) "
+                "or its model folder"
+            )
+        load = functools.partial(
+            load_input_case, plans=self.plans, configuration_name=self.configuration_name,
+            previous_stage_folder=self.previous_stage_folder, previous_stage_configuration=previous_configuration,
+        )
         return self._run(
             cases, lambda case: case.case_id, load, lambda case: case.output_file(output_folder),
             output_folder, save_probabilities, skip_existing, use_processes=True,
@@ -373,6 +479,7 @@ class Predictor:
         save_probabilities: bool,
         skip_existing: bool,
         use_processes: bool,
+        next_stage: NextStageExport | None = None,
     ) -> PredictionSummary:
         start = time.perf_counter()
         ensure_writable_dir(output_folder, "output")
@@ -385,7 +492,7 @@ class Predictor:
                 todo.append(item)
         if summary.skipped:
             logger.info("%d case(s) already predicted in %s, skipping them", len(summary.skipped), output_folder)
-        problems = self._pipeline(todo, case_id_of, load, output_of, save_probabilities, use_processes, summary.predicted)
+        problems = self._pipeline(todo, case_id_of, load, output_of, save_probabilities, use_processes, summary.predicted, next_stage)
         summary.seconds = time.perf_counter() - start
         if problems:
             raise DataIntegrityError(
@@ -419,6 +526,7 @@ class Predictor:
         save_probabilities: bool,
         use_processes: bool,
         predicted: list[str],
+        next_stage: NextStageExport | None = None,
     ) -> list[str]:
         """Load ahead, predict in order, export behind; returns the per-case user errors."""
         problems: list[str] = []
@@ -444,12 +552,14 @@ class Predictor:
                     if prepared is None:
                         continue
                     started = time.perf_counter()
-                    logits = self.predict_logits(prepared.data)
+                    logits = self.predict_logits(self._network_input(prepared))
                     logger.debug("case %s: network %.1f s", case_id, time.perf_counter() - started)
                     if pending is not None:
                         predicted.append(_finish(*pending))
                     # handed over: the export holds the only reference and frees them once resampled
-                    pending = (case_id, exporter.submit(self._export, LogitsHandover(logits), prepared.properties, output_of(item), save_probabilities))
+                    pending = (case_id, exporter.submit(
+                        self._export, LogitsHandover(logits), prepared.properties, output_of(item), save_probabilities, next_stage
+                    ))
                     del logits, prepared
                 if pending is not None:
                     predicted.append(_finish(*pending))
@@ -501,6 +611,25 @@ def _mirror_axes(configuration: ConfigurationPlan, requested: Sequence[int] | No
 
 
 # --- model folder loading ---------------------------------------------------------------------
+
+
+def previous_stage_model_folder(model: ModelFolder) -> Path:
+    """The model folder of a cascade's previous stage: same dataset, network and tag (else the
+    untagged one), e.g. ``fmunet__3d_lowres`` beside ``fmunet__3d_cascade_fullres``."""
+    previous = model.plans.configuration(model.configuration).previous_stage
+    if previous is None:
+        raise VolfnetError(f"{model.path}: {model.configuration} has no previous stage")
+    tag = model.path.name.split("__")[2] if model.path.name.count("__") == 2 else ""
+    candidates = [model.path.with_name(model_folder_name(model.network, previous, tag))]
+    if tag:
+        candidates.append(model.path.with_name(model_folder_name(model.network, previous)))
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise VolfnetError(
+        f"{model.path}: the cascade needs its previous stage's model {candidates[0]}, which is not there: train "
+        f"{previous} (every fold), or predict with --prev-stage FOLDER holding its predictions"
+    )
 
 
 def _load_fold_network(path: Path, model: ModelFolder) -> tuple[nn.Module, CheckpointSpec]:

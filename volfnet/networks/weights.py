@@ -114,14 +114,31 @@ def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor
     return (weight.sum(dim=1, keepdim=True) / in_channels).repeat(1, in_channels, *([1] * (weight.dim() - 2)))
 
 
+def extend_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-conv weights for ``in_channels`` inputs whose first channels are the ones
+    ``weight`` was trained for (a cascade: the image, then the previous stage's labels). Those
+    keep their filters; the new channels start at zero, so the network's response to the
+    image is the pretrained one and the new inputs grow in as training finds them useful."""
+    extended = weight.new_zeros((weight.shape[0], in_channels, *weight.shape[2:]))
+    extended[:, : weight.shape[1]] = weight
+    return extended
+
+
 def load_weights(
-    model: nn.Module, source: Path | str | Mapping[str, Any], encoder_only: bool = False, name: str | None = None
+    model: nn.Module,
+    source: Path | str | Mapping[str, Any],
+    encoder_only: bool = False,
+    name: str | None = None,
+    image_channels: int | None = None,
 ) -> LoadReport:
     """Copy matching tensors from ``source`` into ``model`` and report what happened.
 
     ``encoder_only`` loads only the keys under the model's ``encoder_key_prefixes`` (the
     decoder and heads keep their initialisation). A first convolution whose input-channel
-    count differs is adapted (:func:`adapt_input_channels`) with a warning. A source that
+    count differs is adapted with a warning: when it was trained for the model's
+    ``image_channels`` and the model takes more (a cascade's extra inputs), those filters are
+    kept and the extra channels start at zero (:func:`extend_input_channels`); otherwise the
+    filters are averaged over the new channels (:func:`adapt_input_channels`). A source that
     matches nothing is an error: it is a checkpoint of another network.
     """
     state, name = read_state_dict(source, name)
@@ -137,12 +154,14 @@ def load_weights(
         if reason is None and tuple(value.shape) != tuple(target[key].shape):
             expected = target[key]
             if key in input_keys and _differs_only_in_input_channels(value, expected):
-                value = adapt_input_channels(value, expected.shape[1])
+                extends = image_channels is not None and value.shape[1] == image_channels < expected.shape[1]
+                value = extend_input_channels(value, expected.shape[1]) if extends else adapt_input_channels(value, expected.shape[1])
                 report.adapted_input_channels.append(key)
                 logger.warning(
-                    "%s: %s was trained for %d input channel(s), the network has %d: "
-                    "summed and repeated over the channels, divided by their count",
+                    "%s: %s was trained for %d input channel(s), the network has %d: %s",
                     name, key, state[key].shape[1], expected.shape[1],
+                    "the image channels keep their filters, the extra (previous-stage) channels start at zero" if extends
+                    else "summed and repeated over the channels, divided by their count",
                 )
             else:
                 reason = f"shape {list(value.shape)} in the checkpoint, {list(expected.shape)} in the network"

@@ -105,9 +105,13 @@ def preprocess_dataset(raw: RawDataset, plans: Plans, request: PlanAndPreprocess
     cases = select_part(cases, request.part, request.num_parts)
     names = request.configurations or list(plans.configurations)
     summaries = []
+    done: set[str] = set()
     for name in names:
-        plans.configuration(name)
-        folder = output / plans.configuration(name).data_identifier
+        identifier = plans.configuration(name).data_identifier
+        if identifier in done:  # the cascade shares 3d_fullres's cases
+            continue
+        done.add(identifier)
+        folder = output / identifier
         overwrite = request.clean
         if renew_stamp(folder, preprocessing_stamp(plans, name)):
             logger.info("%s: the plans changed since the cache was made; preprocessing every case again", name)

@@ -13,6 +13,7 @@ nnU-Net's rules (``specs/nnunet_v2_reference.md`` section 3), with these changes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from volfnet.preprocessing.resampling import new_shape_for_spacing
 logger = logging.getLogger(__name__)
 
 MAX_DATASET_COVERED = 0.05  # one batch sees at most 5% of the dataset's voxels: small datasets get small batches
+CASCADE = "3d_cascade_fullres"  # planned with 3d_lowres, which feeds it
 LOWRES_THRESHOLD = 0.25  # a low-resolution configuration when the fullres patch covers less of the median image
 MIN_LOWRES_SHRINK = 2.0  # ...and only if it shrinks the median image at least this much
 MASKED_NORM_CROP_RATIO = 0.75  # z-score inside the nonzero mask when cropping removed more than a quarter
@@ -48,6 +50,14 @@ CHANNEL_NAME_TO_SCHEME = {
     "ct": "ct", "nonorm": "none", "none": "none", "zscore": "zscore", "rescale_to_0_1": "rescale_0_1",
     "rescale_0_1": "rescale_0_1", "rgb_to_0_1": "rgb_to_0_1",
 }
+
+
+def cascade_configuration(fullres: ConfigurationPlan, previous_stage: str) -> ConfigurationPlan:
+    """nnU-Net's ``3d_cascade_fullres``: the full-resolution configuration (same cases, patch
+    and network) taking the ``previous_stage`` segmentation as extra input channels."""
+    cascade = copy.deepcopy(fullres)
+    cascade.previous_stage = previous_stage
+    return cascade
 
 
 @dataclass
@@ -299,6 +309,7 @@ class Planner:
                 if np.prod(fullres.median_shape) / np.prod(lowres_median) >= MIN_LOWRES_SHRINK:
                     configurations["3d_lowres"] = self.plan_configuration("3d_lowres", lowres_spacing, normalization, batch_dice=False)
                     fullres.batch_dice = True
+                    configurations[CASCADE] = cascade_configuration(fullres, "3d_lowres")
                 else:
                     logger.info("3d_lowres dropped: it would shrink the median image less than %.0fx", MIN_LOWRES_SHRINK)
 

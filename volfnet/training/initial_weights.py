@@ -67,7 +67,9 @@ def load_initial_weights(
                     f"{path}: the pretrained network does not match the plans ({'; '.join(differences)}). "
                     + REPLAN_HINT.format(path=path)
                 )
-    report = load_weights(model, checkpoint, encoder_only=encoder_only, name=str(path))
+    # the plans' image channels (one normalisation each); a cascade's network takes more
+    image_channels = len(expected.normalization) if expected is not None else None
+    report = load_weights(model, checkpoint, encoder_only=encoder_only, name=str(path), image_channels=image_channels)
     prefixes = tuple(getattr(model, "encoder_key_prefixes", ()))
     encoder_keys = [key for key in model.state_dict() if key.startswith(prefixes)] if prefixes else []
     missing_encoder = [key for key in report.missing if key.startswith(prefixes)] if prefixes else []

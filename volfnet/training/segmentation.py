@@ -21,7 +21,7 @@ from torch import nn
 
 from volfnet import paths
 from volfnet.checkpoint import CheckpointSpec
-from volfnet.data.batches import training_producer, validation_producer
+from volfnet.data.batches import PreviousStageInput, training_producer, validation_producer
 from volfnet.data.deep_supervision import deep_supervision_factors
 from volfnet.errors import VolfnetError
 from volfnet.evaluation.evaluate import evaluate_folder, write_summary
@@ -80,6 +80,8 @@ class SegmentationTask:
         config: TrainerConfig | None = None,
         raw_labels_folder: Path | None = None,
         save_probabilities: bool = False,
+        previous_stage_folder: Path | None = None,
+        next_stage_folders: dict[str, Path] | None = None,
     ) -> None:
         self.config = config if config is not None else TrainerConfig()
         self.plans = plans
@@ -100,6 +102,16 @@ class SegmentationTask:
         self.raw_labels_folder = raw_labels_folder
         self.save_probabilities = save_probabilities  # the final validation keeps <case>.npz too
         self.num_classes = dataset_json.num_classes
+        self.num_input_channels = plan.network_input_channels(plans.num_input_channels, len(dataset_json.foreground_labels))
+        if (previous_stage_folder is None) != (plan.previous_stage is None):
+            raise VolfnetError(
+                f"{configuration_name}: previous stage {plan.previous_stage!r} in the plans, but its predictions were "
+                f"{'not ' if previous_stage_folder is None else ''}given"
+            )
+        self.previous_stage = (
+            PreviousStageInput(Path(previous_stage_folder), tuple(dataset_json.foreground_labels)) if previous_stage_folder is not None else None
+        )
+        self.next_stage_folders = dict(next_stage_folders or {})  # cascade stages fed by this one's validation
         self.ignore_label = dataset_json.ignore_label
         self.regions = [tuple(region) for region in dataset_json.regions] or None
         # pseudo Dice per foreground class, or per region numbered from 1
@@ -114,7 +126,7 @@ class SegmentationTask:
             )
         # Without deep supervision the network returns its full-resolution output only, and
         # the batches carry that one target.
-        self.num_outputs = count_outputs(plan, plans.num_input_channels, self.num_classes) if self.config.deep_supervision else 1
+        self.num_outputs = count_outputs(plan, self.num_input_channels, self.num_classes) if self.config.deep_supervision else 1
         self.loss_config = DiceCEConfig(
             dice_weight=self.config.dice_weight,
             ce_weight=self.config.ce_weight,
@@ -129,22 +141,25 @@ class SegmentationTask:
 
     def spec(self) -> CheckpointSpec:
         return CheckpointSpec.from_plans(
-            self.kind, self.plans, self.configuration_name, self.plan, self.plans.num_input_channels, self.num_classes, dict(self.dataset_json.labels)
+            self.kind, self.plans, self.configuration_name, self.plan, self.num_input_channels, self.num_classes, dict(self.dataset_json.labels)
         )
 
     def build_network(self) -> nn.Module:
         return build_network_from_topology(
-            self.plan.network, self.plans.num_input_channels, self.num_classes, deep_supervision=self.config.deep_supervision
+            self.plan.network, self.num_input_channels, self.num_classes, deep_supervision=self.config.deep_supervision
         )
 
     def training_producer(self, seed: int) -> BatchProducerFn:
         return training_producer(
             self.cases_folder, self.train_cases, self.plan, seed, self.num_outputs,
-            config=self.config.augmentation_config(), oversampling=self.config.oversampling,
+            config=self.config.augmentation_config(), oversampling=self.config.oversampling, previous_stage=self.previous_stage,
         )
 
     def validation_producer(self, seed: int) -> BatchProducerFn:
-        return validation_producer(self.cases_folder, self.val_cases, self.plan, seed, self.num_outputs, oversampling=self.config.oversampling)
+        return validation_producer(
+            self.cases_folder, self.val_cases, self.plan, seed, self.num_outputs, oversampling=self.config.oversampling,
+            previous_stage=self.previous_stage,
+        )
 
     def loss(self, outputs: torch.Tensor | Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
         return self._loss(outputs, targets)
@@ -156,7 +171,9 @@ class SegmentationTask:
 
     def after_training(self, model: nn.Module, run_folder: Path, device: torch.device) -> None:
         """Predict every validation case as a whole volume (sliding window, Gaussian weights,
-        mirroring), export in the original geometry to ``validation/`` and score it."""
+        mirroring), export in the original geometry to ``validation/`` and score it. A previous
+        stage (``3d_lowres``) also writes each case's label map on its next stage's grid to
+        ``predicted_next_stage/`` (the cascade's training input); a cascade reads them."""
         from volfnet.inference.predictor import (
             Predictor,  # training -> inference, never the reverse
         )
@@ -168,7 +185,19 @@ class SegmentationTask:
                 networks=[model], plans=self.plans, configuration_name=self.configuration_name,
                 dataset_json=self.dataset_json, device=device, progress=self.config.progress_bar,
             )
-            predictor.predict_cached_cases(self.cases_folder, self.val_cases, output, save_probabilities=self.save_probabilities)
+            next_stages = [
+                predictor.next_stage_export(name, self.preprocessed_folder / self.plans.configuration(name).data_identifier, folder)
+                for name, folder in self.next_stage_folders.items()
+            ]
+            if len(next_stages) > 1:
+                raise VolfnetError(f"{self.configuration_name} feeds {sorted(self.next_stage_folders)}; one next stage is supported")
+            predictor.predict_cached_cases(
+                self.cases_folder, self.val_cases, output, save_probabilities=self.save_probabilities,
+                previous_stage_folder=self.previous_stage.folder if self.previous_stage is not None else None,
+                next_stage=next_stages[0] if next_stages else None,
+            )
+            for export in next_stages:
+                logger.info("%s input of %d case(s) written to %s", export.configuration, len(self.val_cases), export.output_folder)
         self.evaluate(output)
 
     def evaluate(self, output: Path) -> dict:

@@ -19,7 +19,9 @@ from volfnet import paths
 from volfnet.checkpoint import load_checkpoint
 from volfnet.errors import VolfnetError
 from volfnet.io.dataset import DatasetJson, find_dataset_folder
+from volfnet.data.previous_stage import PREDICTED_NEXT_STAGE, previous_stage_problems
 from volfnet.model_folder import (
+    ALL_FOLDS,
     DATASET_FILE,
     PLANS_FILE,
     Fold,
@@ -84,11 +86,14 @@ class PreparedTraining:
     run_folder: Path
     pretrained: Path | None
     save_probabilities: bool = False
+    previous_stage_folder: Path | None = None  # a cascade: the previous stage's label maps of the cases
+    next_stage_folders: dict[str, Path] = field(default_factory=dict)  # where this fold's validation feeds a cascade
 
     def task(self) -> SegmentationTask:
         return SegmentationTask(
             self.plans, self.configuration, self.preprocessed_folder, self.dataset_json, self.fold,
             self.train_cases, self.val_cases, self.config, save_probabilities=self.save_probabilities,
+            previous_stage_folder=self.previous_stage_folder, next_stage_folders=self.next_stage_folders,
         )
 
 
@@ -126,18 +131,50 @@ def prepare(request: TrainRequest, write: bool = True) -> PreparedTraining:
     run_folder = fold_folder(model_folder, fold)
     if request.resume and not request.validation_only and not checkpoint_path(run_folder, "latest").is_file():
         raise VolfnetError(f"cannot resume: {checkpoint_path(run_folder, 'latest')} does not exist; start without --c")
-    pretrained = resolve_pretrained(request, model_folder)
+    # a cascade shares 3d_fullres's cases, so it fine-tunes from that folder's pretraining too
+    shared = model_folder_path(plans.dataset_name, plan.network.name, plan.data_identifier) if plan.data_identifier != request.configuration else None
+    pretrained = resolve_pretrained(request, model_folder, shared)
     config = trainer_config(request, run_folder, pretrained is not None)
+    previous_stage = previous_stage_folder(request, plans, model_folder, train_cases + val_cases)
+    # A numbered fold's validation cases are predicted by a network that never saw them: the
+    # input a cascade must train on. Fold "all" validates on its own training cases.
+    next_stages = {} if fold == ALL_FOLDS else {name: model_folder / PREDICTED_NEXT_STAGE / name for name in plans.next_stages(request.configuration)}
     if write and not request.validation_only:
         write_model_folder_files(model_folder, plans, folder / DATASET_FILE)
     return PreparedTraining(
         plans, request.configuration, folder, dataset_json, fold, train_cases, val_cases, config, model_folder, run_folder, pretrained,
-        request.save_probabilities,
+        request.save_probabilities, previous_stage, next_stages,
     )
 
 
-def resolve_pretrained(request: TrainRequest, model_folder: Path) -> Path | None:
-    """The checkpoint to start from, checked to exist."""
+def previous_stage_folder(request: TrainRequest, plans: Plans, model_folder: Path, case_ids: list[str]) -> Path | None:
+    """A cascade's input: the previous stage's label maps of every case of this fold, written
+    by the final validations of that stage's folds (same network and tag, else untagged)."""
+    previous = plans.configuration(request.configuration).previous_stage
+    if previous is None:
+        return None
+    network = plans.configuration(request.configuration).network.name
+    candidates = [model_folder_path(plans.dataset_name, network, previous, tag=request.tag)]
+    if request.tag:
+        candidates.append(model_folder_path(plans.dataset_name, network, previous))
+    problems: list[str] = []
+    for candidate in candidates:
+        folder = candidate / PREDICTED_NEXT_STAGE / request.configuration
+        problems = previous_stage_problems(folder, case_ids)
+        if not problems:
+            return folder
+    folds = "every fold (0 1 2 3 4 with the default splits)"
+    raise VolfnetError(
+        f"{request.configuration} trains on the {previous} predictions of its cases, and {len(problems)} of {len(case_ids)} are "
+        f"missing or damaged (e.g. {problems[0]}): run `volfnet_train {request.dataset} {previous} FOLD` for {folds} first; "
+        f"each fold's final validation writes its cases' predictions to {candidates[0] / PREDICTED_NEXT_STAGE / request.configuration}"
+    )
+
+
+def resolve_pretrained(request: TrainRequest, model_folder: Path, shared_data_folder: Path | None = None) -> Path | None:
+    """The checkpoint to start from, checked to exist. ``--pretrained`` without a path looks in
+    this model folder's ``pretrain/``, then the untagged one's, then (a cascade) that of
+    ``shared_data_folder``, the configuration whose preprocessed cases it shares."""
     if request.pretrained is None:
         if request.encoder_only:
             raise VolfnetError("--encoder-only needs --pretrained")
@@ -147,6 +184,8 @@ def resolve_pretrained(request: TrainRequest, model_folder: Path) -> Path | None
         if model_folder.name.count("__") > 1:  # tagged folder: the untagged one holds the pretraining
             untagged = model_folder.with_name("__".join(model_folder.name.split("__")[:2]))
             candidates.append(checkpoint_path(pretrain_folder(untagged), "final"))
+        if shared_data_folder is not None:
+            candidates.append(checkpoint_path(pretrain_folder(shared_data_folder), "final"))
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
