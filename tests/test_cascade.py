@@ -67,6 +67,20 @@ def test_the_planner_adds_the_cascade_with_the_low_resolution_configuration():
     assert "3d_cascade_fullres" not in small.configurations
 
 
+def test_a_forced_low_resolution_stage_leaves_the_full_resolution_plan_alone():
+    fp = fingerprint([[1.0, 1.0, 1.0]] * 10, [[36, 50, 35]] * 10)
+    plain = plan(fp, compute_target="cpu_small")
+    forced = plan(fp, compute_target="cpu_small", lowres_factor=2.0)
+    assert "3d_lowres" not in plain.configurations
+    assert forced.configuration("3d_fullres") == plain.configuration("3d_fullres")
+    low = forced.configuration("3d_lowres")
+    assert low.spacing == [2.0, 2.0, 2.0] and low.data_identifier == "3d_lowres"
+    assert all(m <= p for m, p in zip(low.median_shape, low.patch_size))  # 18 x 25 x 18 fits one patch
+    assert forced.configuration("3d_cascade_fullres").previous_stage == "3d_lowres"
+    with pytest.raises(VolfnetError, match="--lowres-factor must be above 1"):
+        plan(fp, compute_target="cpu_small", lowres_factor=0.5)
+
+
 def test_a_previous_stage_that_is_not_planned_is_refused():
     plans = plan(fingerprint([[1.0, 1.0, 1.0]] * 10, [[40, 48, 40]] * 10))
     data = plans.to_dict()

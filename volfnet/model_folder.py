@@ -12,6 +12,7 @@ A model folder is self-describing, so ``volfnet_predict -m FOLDER`` needs nothin
             progress.png  log.txt  training_log.json
             validation/        <case><ending>, <case>.npz (with --npz), summary.json/.csv
         crossval_results_folds_<k_...>/         volfnet_cv_summary: the folds' validations pooled
+        predicted_next_stage/<next>/<case>.npy  3d_lowres: validation label maps on the cascade's grid
         pretrain/
             checkpoint_{latest,best,final}.pt  checkpoint_it<N>.pt  progress.png  samples.png  log.txt
             pretrain_settings.json  validation_set/

@@ -1,14 +1,18 @@
 """From five folds to a final model on MSD Hippocampus, with the documented commands.
 
     python benchmarks/model_selection/run_hippocampus_cv.py [--iterations 200] [--configurations 3d_fullres 2d]
+    python benchmarks/model_selection/run_hippocampus_cv.py --lowres-factor 2 --configurations 3d_fullres 2d 3d_lowres 3d_cascade_fullres
 
 The path of documentation/model_selection.md at the CPU preset with a small budget: convert,
 plan (``cpu_small``), five folds of each configuration with ``--npz``, ``volfnet_cv_summary``
 for each, ``volfnet_find_best_configuration``, then the chosen model's commands (from
 ``inference_instructions.json``) on 40 held-out cases, beside a single fold of the best single
 configuration. The held-out cases (the same seeded 40 as ``run_hippocampus.py``) are in no
-fold: ``splits.json`` is written over the other 160. Work folder:
-``benchmarks/_work/model_selection`` (``results.md`` there holds the table).
+fold: ``splits.json`` is written over the other 160. The planner plans no ``3d_lowres`` for Hippocampus (the patch covers most of an
+image); ``--lowres-factor 2`` plans one at twice the spacing, with the cascade, as nnU-Net's
+``add_lowres_and_cascade`` does, re-planning an earlier work folder without changing its
+other configurations. Every configuration's five folds also predict the held-out cases.
+Work folder: ``benchmarks/_work/model_selection`` (``results.md`` there holds the table).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--configurations", nargs="+", default=["3d_fullres", "2d"])
     parser.add_argument("--iterations", type=int, default=200, help="training iterations of each fold")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--lowres-factor", type=float, default=None, help="force 3d_lowres (and the cascade) at this spacing factor")
     return parser.parse_args()
 
 
@@ -71,6 +76,10 @@ def main() -> None:
     runner.run("plan", ["volfnet_plan_and_preprocess", "-d", "4", "--target", "cpu_small", "-np", str(args.workers)],
                done=preprocessed / DATASET / "plans.json")
     plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
+    if args.lowres_factor is not None and "3d_lowres" not in plans["configurations"]:
+        runner.run("plan lowres", ["volfnet_plan_and_preprocess", "-d", "4", "--target", "cpu_small", "-np", str(args.workers),
+                                   "--lowres-factor", str(args.lowres_factor)])
+        plans = json.loads((preprocessed / DATASET / "plans.json").read_text())
     held_out = write_splits(preprocessed / DATASET, plans["configurations"]["3d_fullres"]["data_identifier"])
     images, labels = work / "imagesHeldOut", work / "labelsHeldOut"
     for folder in (images, labels):
@@ -101,8 +110,16 @@ def main() -> None:
     best_single = next(c for c in instructions["candidates"] if len(c["models"]) == 1)
     single_output = work / "predictions" / "single_fold"
     runner.run("single fold", ["volfnet_predict", "-i", str(images), "-o", str(single_output), "-m", best_single["models"][0], "-f", "0", "--device", "cpu"])
+    outputs = [("chosen: " + instructions["best"], chosen_output), ("fold 0 of " + best_single["name"], single_output)]
+    for configuration in args.configurations:
+        name = f"{plans['configurations'][configuration]['network']['name']}__{configuration}"
+        folder = work / "predictions" / f"five_folds_{configuration}"
+        runner.run(f"five folds {configuration}", ["volfnet_predict", "-i", str(images), "-o", str(folder), "-m", str(results / DATASET / name),
+                                                    "--device", "cpu", "--postprocessing", "none"],
+                   done=folder / f"{held_out[-1]}.nii.gz")
+        outputs.append((f"five folds of {name}, no postprocessing", folder))
     rows = []
-    for name, folder in (("chosen: " + instructions["best"], chosen_output), ("fold 0 of " + best_single["name"], single_output)):
+    for name, folder in outputs:
         runner.run(f"evaluate {folder.name}", ["volfnet_evaluate", str(labels), str(folder), "-d", "4"])
         summary = json.loads((folder / "summary.json").read_text())
         rows.append((name, summary["foreground_mean"]["Dice"], summary["mean"]["1"]["Dice"], summary["mean"]["2"]["Dice"]))

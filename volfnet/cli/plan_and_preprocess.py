@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-features", type=int, help="maximum feature channels per level")
     parser.add_argument("--no-lowres", action="store_true", help="never plan a 3d_lowres configuration")
     parser.add_argument(
+        "--lowres-factor", type=float, default=None, metavar="F",
+        help="plan 3d_lowres at F times the fullres spacing (and 3d_cascade_fullres) even where the patch covers the "
+        "images, as nnU-Net's add_lowres_and_cascade",
+    )
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
         help="override any plans field, e.g. --set 3d_fullres.batch_size=4 (repeatable; value is JSON)",
     )
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         base_features=args.base_features,
         max_features=args.max_features,
         lowres=not args.no_lowres,
+        lowres_factor=args.lowres_factor,
     )
 
     def run() -> None:

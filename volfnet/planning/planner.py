@@ -74,6 +74,7 @@ class PlannerOptions:
     base_features: int | None = None
     max_features: int | None = None
     lowres: bool = True
+    lowres_factor: float | None = None  # force 3d_lowres (and the cascade) at this multiple of the fullres spacing
     plan_2d: bool = True  # also plan the 2d configuration (FMUNet only; as nnU-Net, always by default)
     topology: NetworkTopology | None = None  # fixed network (planning to fit a pretrained checkpoint)
 
@@ -313,9 +314,27 @@ class Planner:
                 else:
                     logger.info("3d_lowres dropped: it would shrink the median image less than %.0fx", MIN_LOWRES_SHRINK)
 
+        if self.options.lowres_factor is not None and "3d_lowres" not in configurations:
+            configurations.update(self._forced_lowres(spacing, normalization, fullres))
+
         if self._wants_2d():
             configurations[TWO_D] = self.plan_2d(fullres)
         return self._plans(configurations, original_spacing, transpose_backward)
+
+    def _forced_lowres(
+        self, spacing: list[float], normalization: list[ChannelNormalization], fullres: ConfigurationPlan
+    ) -> dict[str, ConfigurationPlan]:
+        """``3d_lowres`` at ``lowres_factor`` times the fullres spacing, and the cascade, where the
+        rule above planned none (nnU-Net's ``add_lowres_and_cascade``): for trying the cascade
+        on a dataset whose patch covers its images. ``3d_fullres`` keeps its own settings."""
+        factor = self.options.lowres_factor
+        if factor is None or not factor > 1.0:
+            raise VolfnetError(f"--lowres-factor must be above 1 (a coarser spacing), got {factor}")
+        if self.options.patch_size is not None:
+            raise VolfnetError("--lowres-factor and --patch-size exclude each other: one patch cannot suit both resolutions")
+        lowres = self.plan_configuration("3d_lowres", [s * factor for s in spacing], normalization, batch_dice=False)
+        logger.info("3d_lowres forced at %.2fx the fullres spacing: %s mm, patch %s", factor, lowres.spacing, lowres.patch_size)
+        return {"3d_lowres": lowres, CASCADE: cascade_configuration(fullres, "3d_lowres")}
 
     def _wants_2d(self) -> bool:
         """The 2d configuration is FMUNet's, planned from the fingerprint (not with a fixed
