@@ -18,7 +18,7 @@ from helpers.raw_data import make_raw_dataset
 from helpers.roots import make_roots, point_environment_at
 from scipy import ndimage
 
-from volfnet.checkpoint import load_checkpoint
+from volfnet.checkpoint import load_checkpoint, save_checkpoint
 from volfnet.cli.find_best_configuration import main as find_best_main
 from volfnet.cli.predict import main as predict_main
 from volfnet.cli.pretrain import main as pretrain_main
@@ -35,6 +35,8 @@ from volfnet.data.previous_stage import (
     save_previous_stage,
 )
 from volfnet.errors import VolfnetError
+from volfnet.inference.inputs import find_input_cases, load_input_case
+from volfnet.inference.predictor import Predictor
 from volfnet.model_folder import checkpoint_path, fold_folder
 from volfnet.networks.build import build_network_from_topology
 from volfnet.networks.weights import load_weights
@@ -204,6 +206,7 @@ def cascade_dataset(tmp_path, monkeypatch):
     return roots, result.output_folder
 
 
+@pytest.mark.slow
 def test_cascade_trains_on_out_of_fold_predictions_and_predicts_with_both_stages(cascade_dataset, tmp_path, capsys, caplog):
     roots, preprocessed = cascade_dataset
     results = roots["results"] / "Dataset007_Cascade"
@@ -238,10 +241,30 @@ def test_cascade_trains_on_out_of_fold_predictions_and_predicts_with_both_stages
     # prediction: the low-resolution stage runs first, from the folder beside the cascade
     images = roots["raw"] / "Dataset007_Cascade" / "imagesTr"
     auto = tmp_path / "auto"
-    assert predict_main(["-i", str(images), "-o", str(auto), "-m", str(cascade_folder), *CPU, "--disable-tta"]) == 0
+    assert predict_main(["-i", str(images), "-o", str(auto), "-m", str(cascade_folder), *CPU, "--disable-tta", "-np", "1"]) == 0
     reference = sitk.ReadImage(str(images / "case_000_0000.nii.gz"))
     output = sitk.ReadImage(str(auto / "case_000.nii.gz"))
     assert output.GetSize() == reference.GetSize() and output.GetSpacing() == reference.GetSpacing()
+    # the previous stage's labels the predictor feeds the cascade are those training fed it:
+    # case_000 was validated by fold 1 of 3d_lowres, so that fold alone gives the same map. Two
+    # iterations learn nothing, so fold 1's weights are perturbed first (its map then holds
+    # every label) and its validation redone with --val, which rewrites the handover.
+    lowres_checkpoint = checkpoint_path(fold_folder(results / "fmunet__3d_lowres", 1), "final")
+    state = load_checkpoint(lowres_checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    state["model_state_dict"] = {k: v + 0.5 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+                                 for k, v in state["model_state_dict"].items()}
+    save_checkpoint(lowres_checkpoint, state)
+    assert train_main(["7", "3d_lowres", "1", "--val", *CPU]) == 0
+    low_fold = Predictor.from_model_folder(results / "fmunet__3d_lowres", folds=[1], device="cpu", progress=False)
+    cascade = Predictor.from_model_folder(cascade_folder, device="cpu", previous_stage=low_fold, progress=False)
+    (case,) = [c for c in find_input_cases(images, 1) if c.case_id == "case_000"]
+    prepared = load_input_case(case, cascade.plans, "3d_cascade_fullres", previous_stage_configuration="3d_lowres")
+    network_input = cascade._network_input(prepared)
+    trained_on = np.load(handover / "case_000.npy")
+    assert set(np.unique(trained_on)) == {0, 1, 2}
+    assert network_input.shape == (3, *trained_on.shape)
+    assert np.array_equal(network_input[1:], one_hot_foreground(trained_on, [1, 2]))
     # ... or from its predictions (nnU-Net's -prev_stage_predictions)
     low = tmp_path / "low"
     assert predict_main(["-i", str(images), "-o", str(low), "-d", "7", "-c", "3d_lowres", *CPU, "--disable-tta"]) == 0

@@ -216,7 +216,7 @@ class Predictor:
             options["postprocessing"] = load_postprocessing(postprocessing_file) if postprocessing_file.is_file() else None
         logger.info("model %s: fold(s) %s, checkpoint_%s.pt", model.path, selected, checkpoint)
         previous = model.plans.configuration(model.configuration).previous_stage
-        if previous is not None and options.get("previous_stage_folder") is None:
+        if previous is not None and options.get("previous_stage_folder") is None and options.get("previous_stage") is None:
             source = previous_stage_model_folder(model)
             logger.info("cascade: running the previous stage %s from %s first", previous, source)
             options["previous_stage"] = cls.from_model_folder(source, None, checkpoint, device, **previous_stage_options, postprocessing=None)
