@@ -260,7 +260,7 @@ def test_cascade_trains_on_out_of_fold_predictions_and_predicts_with_both_stages
     cascade = Predictor.from_model_folder(cascade_folder, device="cpu", previous_stage=low_fold, progress=False)
     (case,) = [c for c in find_input_cases(images, 1) if c.case_id == "case_000"]
     prepared = load_input_case(case, cascade.plans, "3d_cascade_fullres", previous_stage_configuration="3d_lowres")
-    network_input = cascade._network_input(prepared)
+    network_input = cascade.network_input(prepared)
     trained_on = np.load(handover / "case_000.npy")
     assert set(np.unique(trained_on)) == {0, 1, 2}
     assert network_input.shape == (3, *trained_on.shape)

@@ -298,7 +298,7 @@ class Predictor:
         """Export logits handed over to the export (freed once resampled)."""
         return logits_to_original(
             handover, properties, self.configuration.resampling, with_probabilities, self.postprocessing, self.probabilities_dtype,
-            self.dataset_json.regions_class_order if self.dataset_json.has_regions else None,
+            self._regions_class_order(),
         )
 
     def _export(
@@ -321,7 +321,7 @@ class Predictor:
         :meth:`predict_cached_cases`)."""
         return NextStageExport(configuration, Path(cases_folder), Path(output_folder), self.configuration.resampling, self._regions_class_order())
 
-    def _network_input(self, prepared: PreparedCase) -> np.ndarray:
+    def network_input(self, prepared: PreparedCase) -> np.ndarray:
         """The case's data, with the previous stage's one-hot labels appended in a cascade (the
         previous stage is run here when the case brings its data instead of its labels)."""
         if self.configuration.previous_stage is None:
@@ -329,7 +329,7 @@ class Predictor:
         labels = prepared.previous_stage
         if labels is None and prepared.previous_stage_case is not None and self.previous_stage is not None:
             low = prepared.previous_stage_case
-            logits = self.previous_stage.predict_logits(self.previous_stage._network_input(low))
+            logits = self.previous_stage.predict_logits(self.previous_stage.network_input(low))
             labels = labels_on_grid(
                 logits, prepared.data.shape[1:], low.properties.spacing_after_resampling,
                 prepared.properties.spacing_after_resampling, self.configuration.resampling, self._regions_class_order(),
@@ -375,7 +375,7 @@ class Predictor:
         if list(image.shape[1:]) != list(geometry.shape):
             raise VolfnetError(f"case {case_id}: image shape {list(image.shape[1:])} differs from its geometry's {geometry.shape}")
         prepared = self._prepared_in_memory(image.astype(np.float32, copy=False), geometry, case_id, [])
-        return self._to_original(LogitsHandover(self.predict_logits(self._network_input(prepared))), prepared.properties, with_probabilities)
+        return self._to_original(LogitsHandover(self.predict_logits(self.network_input(prepared))), prepared.properties, with_probabilities)
 
     def predict_files(self, image_files: Sequence[Path], output_file: Path, save_probabilities: bool = False) -> ExportedPrediction:
         """Predict one case given as its channel files (in channel order; an RGB picture is three
@@ -392,7 +392,7 @@ class Predictor:
         if self.configuration.previous_stage is not None and self.previous_stage is None:
             raise VolfnetError(f"{self.configuration_name} is a cascade: predict folders (with --prev-stage) or load it with its previous stage")
         prepared = self._prepared_in_memory(image, geometry, case_id, [str(p) for p in files])
-        return self.predict_preprocessed(self._network_input(prepared), prepared.properties, output_file, save_probabilities)
+        return self.predict_preprocessed(self.network_input(prepared), prepared.properties, output_file, save_probabilities)
 
     # --- many cases ---------------------------------------------------------------------------
 
@@ -552,7 +552,7 @@ class Predictor:
                     if prepared is None:
                         continue
                     started = time.perf_counter()
-                    logits = self.predict_logits(self._network_input(prepared))
+                    logits = self.predict_logits(self.network_input(prepared))
                     logger.debug("case %s: network %.1f s", case_id, time.perf_counter() - started)
                     if pending is not None:
                         predicted.append(_finish(*pending))
