@@ -19,6 +19,7 @@ from helpers.roots import make_roots, point_environment_at
 from scipy import ndimage
 
 from volfnet.checkpoint import load_checkpoint, save_checkpoint
+from volfnet.cli.export_model import main as export_main
 from volfnet.cli.find_best_configuration import main as find_best_main
 from volfnet.cli.predict import main as predict_main
 from volfnet.cli.pretrain import main as pretrain_main
@@ -278,6 +279,12 @@ def test_cascade_trains_on_out_of_fold_predictions_and_predicts_with_both_stages
     assert "previous-stage prediction of case case_000 not found" in capsys.readouterr().err
     assert predict_main(["-i", str(images), "-o", str(tmp_path / "y"), "-d", "7", "-c", "3d_lowres", *CPU, "--prev-stage", str(low)]) == 2
     assert "3d_lowres is not a cascade configuration" in capsys.readouterr().err
+
+    # sharing: the archive of a cascade says that its 3d_lowres model must travel too
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="volfnet"):
+        assert export_main(["-m", str(cascade_folder), "-o", str(tmp_path / "cascade.zip")]) == 0
+    assert "3d_cascade_fullres is a cascade: it predicts with its 3d_lowres model" in caplog.text
 
     # model selection sees the cascade like any configuration, and its command predicts
     assert find_best_main(["-d", "7", "-np", "1"]) == 0

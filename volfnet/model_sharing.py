@@ -158,6 +158,12 @@ def export_model(model_folder: Path, output_file: Path, folds: Sequence[str | in
                 logger.info("added %s (%d bytes)", name, manifest.files[name]["size"])
             archive.writestr(_entry(MANIFEST_FILE), json.dumps(manifest.to_dict(), indent=2) + "\n")
     logger.info("wrote %s: %s, folds %s, checkpoint_%s", output_file, manifest.prefix.rstrip("/"), selected, checkpoint)
+    previous = model.plans.configuration(model.configuration).previous_stage
+    if previous is not None:
+        logger.warning(
+            "%s is a cascade: it predicts with its %s model, which this archive does not hold; export that model folder "
+            "too (volfnet_export_model -d %s -c %s), or predict with --prev-stage", model.configuration, previous, dataset, previous,
+        )
     return manifest
 
 
