@@ -291,3 +291,18 @@ def test_cascade_trains_on_out_of_fold_predictions_and_predicts_with_both_stages
     instructions = json.loads((results / "inference_instructions.json").read_text())
     names = [c["name"] for c in instructions["candidates"]]
     assert "fmunet__3d_cascade_fullres" in names and "fmunet__3d_lowres" in names
+
+
+def test_a_lowres_fold_writes_the_cascade_input_only_where_the_cascade_cases_exist(tmp_path, caplog):
+    from volfnet.training.train import next_stage_folders
+
+    plans = plan(fingerprint([[1.0, 1.0, 1.0]] * 10, [[36, 50, 35]] * 10), compute_target="cpu_small", lowres_factor=2.0)
+    model = tmp_path / "fmunet__3d_lowres"
+    with caplog.at_level(logging.WARNING, logger="volfnet"):
+        assert next_stage_folders(plans, "3d_lowres", tmp_path, model) == {}
+    assert "3d_cascade_fullres is not preprocessed" in caplog.text and "rerun this fold with --val" in caplog.text
+    (tmp_path / "3d_fullres").mkdir()
+    assert next_stage_folders(plans, "3d_lowres", tmp_path, model) == {
+        "3d_cascade_fullres": model / "predicted_next_stage" / "3d_cascade_fullres"
+    }
+    assert next_stage_folders(plans, "3d_fullres", tmp_path, model) == {}

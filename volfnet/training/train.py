@@ -138,13 +138,30 @@ def prepare(request: TrainRequest, write: bool = True) -> PreparedTraining:
     previous_stage = previous_stage_folder(request, plans, model_folder, train_cases + val_cases)
     # A numbered fold's validation cases are predicted by a network that never saw them: the
     # input a cascade must train on. Fold "all" validates on its own training cases.
-    next_stages = {} if fold == ALL_FOLDS else {name: model_folder / PREDICTED_NEXT_STAGE / name for name in plans.next_stages(request.configuration)}
+    next_stages = {} if fold == ALL_FOLDS else next_stage_folders(plans, request.configuration, folder, model_folder)
     if write and not request.validation_only:
         write_model_folder_files(model_folder, plans, folder / DATASET_FILE)
     return PreparedTraining(
         plans, request.configuration, folder, dataset_json, fold, train_cases, val_cases, config, model_folder, run_folder, pretrained,
         request.save_probabilities, previous_stage, next_stages,
     )
+
+
+def next_stage_folders(plans: Plans, configuration: str, preprocessed_folder: Path, model_folder: Path) -> dict[str, Path]:
+    """Where this configuration's final validation writes the inputs of the cascade stages it
+    feeds; a stage whose cases are not preprocessed is left out with a warning (a user who
+    wants only 3d_lowres need not preprocess 3d_fullres)."""
+    folders = {}
+    for name in plans.next_stages(configuration):
+        cases = preprocessed_folder / plans.configuration(name).data_identifier
+        if cases.is_dir():
+            folders[name] = model_folder / PREDICTED_NEXT_STAGE / name
+        else:
+            logger.warning(
+                "%s is not preprocessed (%s missing), so this fold's validation cannot write its input; to train %s, "
+                "preprocess it and rerun this fold with --val", name, cases, name,
+            )
+    return folders
 
 
 def previous_stage_folder(request: TrainRequest, plans: Plans, model_folder: Path, case_ids: list[str]) -> Path | None:
