@@ -235,17 +235,33 @@ def load_input_case(
     in the scan's geometry (cropped and resampled like a label map), or, with
     ``previous_stage_configuration``, the scan preprocessed for that stage too."""
     image, geometry = read_input_images(case.images, plans.num_input_channels)
-    sources = [str(p) for p in case.images]
     previous_labels = None
     if previous_stage_folder is not None:
         previous_labels = read_previous_stage_prediction(Path(previous_stage_folder), case, geometry)
-    data, seg, properties = preprocess_array(image, geometry, previous_labels, plans, configuration_name, case.case_id, source_files=sources)
-    prepared = PreparedCase(case.case_id, data, properties, list(case.images))
+    return prepare_case(image, geometry, plans, configuration_name, case.case_id, list(case.images), previous_labels, previous_stage_configuration)
+
+
+def prepare_case(
+    image: np.ndarray,
+    geometry: ImageGeometry,
+    plans: Plans,
+    configuration_name: str,
+    case_id: str,
+    source_files: list[Path] | None = None,
+    previous_labels: np.ndarray | None = None,
+    previous_stage_configuration: str | None = None,
+) -> PreparedCase:
+    """Preprocess a case read into memory. A cascade's previous stage comes as ``previous_labels``
+    (1, Z, Y, X) in the scan's geometry (cropped and resampled like a label map), or, with
+    ``previous_stage_configuration``, as the scan preprocessed for that stage too."""
+    sources = [str(p) for p in source_files or []]
+    data, seg, properties = preprocess_array(image, geometry, previous_labels, plans, configuration_name, case_id, source_files=sources)
+    prepared = PreparedCase(case_id, data, properties, list(source_files or []))
     if previous_labels is not None:
         prepared.previous_stage = np.maximum(seg[0], 0)  # -1 (outside the nonzero crop) is background
     elif previous_stage_configuration is not None:
-        low, _, low_properties = preprocess_array(image, geometry, None, plans, previous_stage_configuration, case.case_id, source_files=sources)
-        prepared.previous_stage_case = PreparedCase(case.case_id, low, low_properties, list(case.images))
+        low, _, low_properties = preprocess_array(image, geometry, None, plans, previous_stage_configuration, case_id, source_files=sources)
+        prepared.previous_stage_case = PreparedCase(case_id, low, low_properties, list(source_files or []))
     return prepared
 
 

@@ -51,6 +51,7 @@ from volfnet.inference.inputs import (
     find_input_cases,
     load_cached_case,
     load_input_case,
+    prepare_case,
     read_input_images,
     single_file_case,
 )
@@ -66,7 +67,6 @@ from volfnet.parallel import select_part, worker_pool
 from volfnet.paths import ensure_writable_dir
 from volfnet.plans import ConfigurationPlan, Plans
 from volfnet.io.case_store import CaseProperties
-from volfnet.preprocessing.preprocessor import preprocess_array
 
 __all__ = ["DEFAULT_PREPROCESSING_WORKERS", "PredictionSummary", "Predictor", "default_preprocessing_workers"]
 
@@ -342,16 +342,10 @@ class Predictor:
             )
         return with_previous_stage(prepared.data, labels, self.dataset_json.foreground_labels)
 
-    def _prepared_in_memory(self, image: np.ndarray, geometry: ImageGeometry, case_id: str, sources: list[str]) -> PreparedCase:
+    def _prepared_in_memory(self, image: np.ndarray, geometry: ImageGeometry, case_id: str, sources: list[Path]) -> PreparedCase:
         """A case held in memory, preprocessed (and for the previous stage too in a cascade)."""
-        data, _, properties = preprocess_array(image, geometry, None, self.plans, self.configuration_name, case_id, source_files=sources)
-        prepared = PreparedCase(case_id, data, properties)
-        if self.configuration.previous_stage is not None and self.previous_stage is not None:
-            low, _, low_properties = preprocess_array(
-                image, geometry, None, self.plans, self.configuration.previous_stage, case_id, source_files=sources
-            )
-            prepared.previous_stage_case = PreparedCase(case_id, low, low_properties)
-        return prepared
+        previous = self.configuration.previous_stage if self.previous_stage is not None else None
+        return prepare_case(image, geometry, self.plans, self.configuration_name, case_id, sources, previous_stage_configuration=previous)
 
     def predict_preprocessed(
         self, data: np.ndarray, properties: CaseProperties, output_file: Path | None = None, save_probabilities: bool = False
@@ -391,7 +385,7 @@ class Predictor:
         case_id = output_file.name[: -len(ending)] if ending else output_file.name
         if self.configuration.previous_stage is not None and self.previous_stage is None:
             raise VolfnetError(f"{self.configuration_name} is a cascade: predict folders (with --prev-stage) or load it with its previous stage")
-        prepared = self._prepared_in_memory(image, geometry, case_id, [str(p) for p in files])
+        prepared = self._prepared_in_memory(image, geometry, case_id, files)
         return self.predict_preprocessed(self.network_input(prepared), prepared.properties, output_file, save_probabilities)
 
     # --- many cases ---------------------------------------------------------------------------
